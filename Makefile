@@ -1,0 +1,33 @@
+# Two commands on a fresh machine: `make demo` and `make test` (each sets up .venv first).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.minieq-installed
+export MPLBACKEND := Agg
+export PYTHONHASHSEED := 0
+
+.PHONY: setup demo test test-lib test-notebooks clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# Data -> tiny tokenizer -> latents -> tiny generator -> samples and a long image, in runs/demo/.
+demo: setup
+	$(BIN)/python -m minieq.demo --out runs/demo
+
+test: test-lib test-notebooks
+
+test-lib: setup
+	$(BIN)/python -m pytest tests
+
+# The solution notebooks in FAST mode; each loads what an earlier one trained (runs/course/).
+test-notebooks: setup
+	MINIEQ_FAST=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,144 @@
+"""minieq checkpoints: atomic writes, the config inside, safe (weights_only) loads.
+
+A checkpoint is a dict ``{"format": "minieq", "version": 1, "model_class": ..., "config": ...,
+"state_dict": ..., **extra}`` written with ``torch.save`` to a temporary file that is then
+renamed over the target, so a crash mid-write never leaves a truncated checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+FORMAT = "minieq"
+VERSION = 1
+_REGISTRY: dict[str, type] = {}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file that cannot be used: truncated, foreign, wrong version, wrong keys."""
+
+
+def register_model(cls: type) -> type:
+    """Class decorator: lets ``load_checkpoint`` rebuild ``cls`` from its stored config.
+
+    The class must take its config dataclass as the only constructor argument, keep it as
+    ``self.config``, and name the dataclass in ``cls.config_class``.
+    """
+    _REGISTRY[cls.__name__] = cls
+    return cls
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` to a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> Path:
+    """Save ``model`` (weights + config dataclass) and any ``extra`` entries atomically."""
+    if type(model).__name__ not in _REGISTRY:
+        raise TypeError(f"{type(model).__name__} is not registered with @register_model")
+    payload = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model_class": type(model).__name__,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        **extra,
+    }
+    return atomic_torch_save(payload, path)
+
+
+def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = ()) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        with torch.serialization.safe_globals(list(extra_globals)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        if "weights_only" in message or "Unsupported global" in message:
+            raise CheckpointError(
+                f"{path}: contains objects that are not allowed in a safe load ({message})"
+            ) from err
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch file (truncated or corrupt?): {message}") from err
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a minieq checkpoint dict (no model is built)."""
+    ckpt = safe_torch_load(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: not a minieq checkpoint (official checkpoints load with "
+            "minieq.load_official_tokenizer / minieq.load_official_generator)")
+    if ckpt.get("version") != VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format version {ckpt.get('version')!r}, this minieq reads {VERSION}")
+    for key in ("model_class", "config", "state_dict"):
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: minieq checkpoint without {key!r}")
+    return ckpt
+
+
+def build_model(model_class: str, config: dict[str, Any], where: str = "checkpoint") -> nn.Module:
+    """Instantiate a registered model class from its config dict."""
+    # Importing the package registers every model class.
+    import minieq  # noqa: F401
+
+    if model_class not in _REGISTRY:
+        raise CheckpointError(f"{where}: unknown model class {model_class!r}; known: {sorted(_REGISTRY)}")
+    cls = _REGISTRY[model_class]
+    return cls(cls.config_class.from_dict(config))
+
+
+def load_state_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
+    """``load_state_dict`` that reports missing, unexpected and mis-shaped keys in one error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    shapes = sorted(
+        f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict) if own[k].shape != state_dict[k].shape)
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{where}: weights do not match the model.\n"
+            f"  missing ({len(missing)}): {missing[:20]}\n"
+            f"  unexpected ({len(unexpected)}): {unexpected[:20]}\n"
+            f"  wrong shape ({len(shapes)}): {shapes[:20]}")
+    model.load_state_dict(state_dict)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+                    use_ema: bool = True) -> nn.Module:
+    """Rebuild the model stored at ``path`` from its config and load its weights.
+
+    If the file holds EMA weights (``ema_state_dict``) and ``use_ema`` is true they are used,
+    since EMA weights are what inference uses throughout the paper.
+    """
+    ckpt = read_checkpoint(path)
+    model = build_model(ckpt["model_class"], ckpt["config"], where=str(path))
+    state = ckpt.get("ema_state_dict") if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
+    load_state_strict(model, state, where=str(path))
+    return model.to(map_location).eval()

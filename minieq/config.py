@@ -1,0 +1,100 @@
+"""Dataclass configs: presets, (de)serialisation into checkpoints, and argparse from fields.
+
+Every model and training run is described by a dataclass. Presets differ only in numbers
+(``tiny`` for CPU/CI, the paper sizes for GPUs), so full scale and tiny scale share one code path.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import typing
+from typing import Any, ClassVar
+
+
+class ConfigBase:
+    """Mixin for config dataclasses: ``preset``, ``to_dict``, ``from_dict``, ``replace``.
+
+    Subclasses define ``PRESETS: ClassVar[dict[str, dict]]`` mapping a preset name to field
+    overrides of the dataclass defaults.
+    """
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any):
+        if name not in cls.PRESETS:
+            raise ValueError(
+                f"unknown {cls.__name__} preset {name!r}; choose one of {sorted(cls.PRESETS)}")
+        return cls.from_dict({**cls.PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        # Plain Python containers only, so the dict loads under torch.load(weights_only=True).
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__} got unknown fields {sorted(unknown)}")
+        hints = typing.get_type_hints(cls)
+        kwargs = {}
+        for key, value in d.items():
+            sub = hints.get(key)
+            if dataclasses.is_dataclass(sub) and isinstance(value, dict):
+                value = sub.from_dict(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+    """Add one ``--field`` flag per scalar/list field of a config dataclass (default: None).
+
+    Flags left at None keep the preset's value, so a command line reads as "preset + overrides".
+    """
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        kind = hints[f.name]
+        origin = typing.get_origin(kind)
+        flag = f"--{prefix}{f.name}"
+        if kind is bool:
+            parser.add_argument(flag, type=_str2bool, default=None, metavar="BOOL")
+        elif kind in (int, float, str):
+            parser.add_argument(flag, type=kind, default=None)
+        elif origin in (list, tuple):
+            args = typing.get_args(kind)
+            item = args[0] if args and args[0] in (int, float, str) else str
+            parser.add_argument(flag, type=item, nargs="+", default=None)
+        elif origin is typing.Union and type(None) in typing.get_args(kind):
+            inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
+            if inner in (int, float, str):
+                parser.add_argument(flag, type=inner, default=None)
+
+
+def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
+    """The fields of ``cls`` that were given on the command line."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        value = getattr(args, f"{prefix}{f.name}", None)
+        if value is not None:
+            out[f.name] = value
+    return out
+
+
+def _str2bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")

@@ -1,0 +1,70 @@
+"""Metrics as JSON lines (plus optional TensorBoard) and tqdm progress bars."""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+from tqdm.auto import tqdm
+
+from minieq import dist
+
+
+def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
+    """A tqdm bar that stays silent on non-main ranks and when ``disable=True`` is passed."""
+    kwargs["disable"] = kwargs.get("disable", False) or not dist.is_main()
+    kwargs.setdefault("dynamic_ncols", True)
+    return tqdm(iterable, **kwargs)
+
+
+class JsonlLogger:
+    """Append one JSON object per ``log`` call to ``path``; mirror scalars to TensorBoard if asked.
+
+    Only the main rank writes. Values that are tensors are converted with ``float``.
+    """
+
+    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None):
+        self.path = Path(path) if path is not None and dist.is_main() else None
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if tensorboard_dir is not None and dist.is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("TensorBoard is not installed: metrics go to the JSON-lines file only")
+            else:
+                self.tb = SummaryWriter(str(tensorboard_dir))
+
+    def log(self, step: int, **metrics: Any) -> None:
+        if self.path is None:
+            return
+        row = {"step": step, "time": round(time.time(), 3)}
+        for key, value in metrics.items():
+            row[key] = _plain(value)
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for key, value in row.items():
+                if isinstance(value, (int, float)) and key not in ("step", "time"):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Read a metrics file written by :class:`JsonlLogger` (for plots in the notebooks)."""
+    with Path(path).open() as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,171 @@
+"""Pieces shared by the tokenizer and generator training loops.
+
+- :class:`ResumableSampler` gives every (seed, epoch) one fixed order, sharded over DDP ranks,
+  and can start mid-epoch, so a resumed run replays exactly the batches a straight run sees.
+- :class:`TrainState` bundles what a checkpoint must hold for an exact resume: optimizers,
+  LR schedulers, EMA, step and every RNG state.
+- :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
+- LR schedules are pure functions of the step, so they need no state of their own (unlike the
+  official tokenizer's stateful scheduler, which resumes at LR 0: reference-spec §7).
+"""
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from minieq import dist
+from minieq.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
+from minieq.ema import EMA
+from minieq.utils import get_rng_state, set_rng_state
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when a loss becomes NaN or infinite; the last good checkpoint is kept."""
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, checkpoint: str | os.PathLike | None = None) -> None:
+    """Raise :class:`NonFiniteLossError` naming the offending terms if any loss is not finite."""
+    bad = {k: float(v) for k, v in losses.items() if not torch.isfinite(torch.as_tensor(v)).all()}
+    if bad:
+        where = f"; the last good checkpoint is {checkpoint}" if checkpoint else ""
+        raise NonFiniteLossError(
+            f"non-finite loss at step {step}: {bad}. Training stopped{where}. "
+            "Try a lower learning rate, fp32 (no autocast), or a smaller gradient-clip value.")
+
+
+class ResumableSampler(Sampler[int]):
+    """Seeded shuffling (one permutation per epoch), DDP sharding and a mid-epoch start offset."""
+
+    def __init__(self, dataset_len: int, shuffle: bool = True, seed: int = 0,
+                 num_replicas: int | None = None, rank: int | None = None):
+        self.n = dataset_len
+        self.shuffle = shuffle
+        self.seed = seed
+        self.num_replicas = num_replicas or dist.world_size()
+        self.rank = dist.rank() if rank is None else rank
+        self.per_rank = math.ceil(self.n / self.num_replicas)
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch's permutation and skip its first ``start`` samples (of this rank)."""
+        self.epoch = epoch
+        self.start = start
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        # Pad by wrapping around so every rank gets the same number of samples.
+        total = self.per_rank * self.num_replicas
+        order = torch.cat([order, order[: total - self.n]]) if total > self.n else order
+        mine = order[self.rank:total:self.num_replicas]
+        return iter(mine[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
+
+
+def batches_from(dataset: Dataset, batch_size: int, start_step: int = 0, seed: int = 0,
+                 num_workers: int = 0, shuffle: bool = True, **loader_kwargs: Any) -> Iterator[tuple[int, Any]]:
+    """Yield ``(step, batch)`` forever from ``start_step``, epoch after epoch (drop_last).
+
+    ``batch_size`` is per rank. Step k always gets the same samples, whether the run was
+    resumed or not.
+    """
+    sampler = ResumableSampler(len(dataset), shuffle=shuffle, seed=seed)
+    per_epoch = sampler.per_rank // batch_size
+    if per_epoch == 0:
+        raise ValueError(
+            f"data set of {len(dataset)} samples is smaller than one batch of {batch_size} per rank")
+    step = start_step
+    while True:
+        epoch, offset = divmod(step, per_epoch)
+        sampler.set_epoch(epoch, start=offset * batch_size)
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True,
+                            num_workers=num_workers, **loader_kwargs)
+        for batch in loader:
+            yield step, batch
+            step += 1
+
+
+class TrainState:
+    """Everything besides the model weights that an exact resume needs."""
+
+    def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
+                 schedulers: dict[str, Any] | None = None, ema: EMA | None = None, step: int = 0):
+        self.model = model
+        self.optimizers = optimizers
+        self.schedulers = schedulers or {}
+        self.ema = ema
+        self.step = step
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "rng": get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        for k, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        for k, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][k])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        set_rng_state(state["rng"])
+
+    def save(self, path: str | os.PathLike, **extra: Any) -> None:
+        """Atomically write model + EMA weights + training state (main rank only)."""
+        if dist.is_main():
+            ema_state = self.ema.state_dict_for(self.model) if self.ema is not None else None
+            save_checkpoint(path, self.model, ema_state_dict=ema_state,
+                            train_state=self.state_dict(), **extra)
+        dist.barrier()
+
+    def resume(self, path: str | os.PathLike, extra_modules: dict[str, nn.Module] | None = None) -> dict:
+        """Restore weights and state from ``path``; returns the checkpoint dict for the caller's extras.
+
+        ``extra_modules`` (e.g. a discriminator) are restored from entries of the same name.
+        """
+        ckpt = read_checkpoint(path)
+        if "train_state" not in ckpt:
+            raise CheckpointError(f"{path}: holds no training state (was it saved for inference only?)")
+        load_state_strict(self.model, ckpt["state_dict"], where=str(path))
+        for name, module in (extra_modules or {}).items():
+            if name not in ckpt:
+                raise CheckpointError(f"{path}: no {name!r} weights to resume")
+            load_state_strict(module, ckpt[name], where=f"{path} [{name}]")
+        self.load_state_dict(ckpt["train_state"])
+        return ckpt
+
+
+def warmup_step_decay(step: int, warmup: int, interval: int, factor: float) -> float:
+    """LR multiplier: linear warmup to 1, then ×``factor`` every ``interval`` steps (Table 6)."""
+    if step < warmup:
+        return step / warmup
+    return factor ** ((step - warmup) // interval)
+
+
+def warmup_constant(step: float, warmup: float) -> float:
+    """LR multiplier: linear warmup to 1, then constant (the generator's schedule, Table 8)."""
+    return min(1.0, step / warmup) if warmup > 0 else 1.0
+
+
+def warmup_cosine(step: float, warmup: float, total: float, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warmup, then half-cosine down to ``min_ratio`` at ``total``."""
+    if step < warmup:
+        return step / warmup
+    progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
