@@ -6,8 +6,19 @@ from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint,
 from minieq.utils import autocast, count_parameters, pick_device, seed_everything
 
 # --- data (data.py) ---
+from minieq.data import (SYNTHSCAPES_CLASSES, LatentDataset, SynthScapes, check_image_size, imagenet, lhq,
+                         places30, render_synthscapes)
 # --- tokenizer (tokenizer.py, official.py) ---
+from minieq.official_tokenizer import load_official_tokenizer
+from minieq.tokenizer import ColumnTokenizer, TokenizerConfig, TokenizerOutput, sigma_vae_sample
+from minieq.cache_latents import cache_latents
+from minieq.losses import TokenizerLoss, TokenizerLossConfig
+from minieq.metrics import psnr, ssim
+from minieq.train_tokenizer import TokenizerTrainConfig
 # --- generator (generator.py, flow.py, attention.py) ---
+from minieq.generator import Generator, GeneratorConfig
+from minieq.official_generator import load_official_generator
 # --- pipeline (pipeline.py) ---
+from minieq.pipeline import Pipeline, compute_latent_scale
 
 __version__ = "0.1.0"

@@ -7,9 +7,7 @@ renamed over the target, so a crash mid-write never leaves a truncated checkpoin
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +74,18 @@ def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = ()) -> Any:
     try:
         with torch.serialization.safe_globals(list(extra_globals)):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        if "weights_only" in message or "Unsupported global" in message:
+    # Legacy-format (non-zip) garbage fails deep inside the unpickler with struct.error,
+    # UnicodeDecodeError, KeyError, ...: any failure here means "not a usable file".
+    except Exception as err:  # noqa: BLE001
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        unsafe = [line for line in lines if "Unsupported global" in line]
+        if unsafe:
             raise CheckpointError(
-                f"{path}: contains objects that are not allowed in a safe load ({message})"
-            ) from err
+                f"{path}: contains objects that are not allowed in a safe (weights_only) load "
+                f"({unsafe[0].split('. Please')[0]})") from err
+        # torch's generic "Weights only load failed ..." preamble hides the reason a few lines down.
+        reason = [line for line in lines if not line.startswith(("Weights only", "Please file", "Check the"))]
+        message = (reason or lines or [type(err).__name__])[0]
         raise CheckpointError(
             f"{path}: not a readable PyTorch file (truncated or corrupt?): {message}") from err
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
 import typing
 from typing import Any, ClassVar
 
@@ -21,7 +22,7 @@ class ConfigBase:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def preset(cls, name: str, **overrides: Any):
+    def preset(cls, name: str, /, **overrides: Any):  # positional-only: a field may be called "name"
         if name not in cls.PRESETS:
             raise ValueError(
                 f"unknown {cls.__name__} preset {name!r}; choose one of {sorted(cls.PRESETS)}")
@@ -76,7 +77,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             args = typing.get_args(kind)
             item = args[0] if args and args[0] in (int, float, str) else str
             parser.add_argument(flag, type=item, nargs="+", default=None)
-        elif origin is typing.Union and type(None) in typing.get_args(kind):
+        elif origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
             inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
             if inner in (int, float, str):
                 parser.add_argument(flag, type=inner, default=None)

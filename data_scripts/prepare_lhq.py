@@ -1,0 +1,38 @@
+"""Check a local LHQ copy and write the index files minieq.data.lhq reads.
+
+LHQ (Landscapes HQ, 90,000 landscape images) is unconditional: every label is 0. It has no
+official split; we hold out every 100th image (in sorted order) as validation.
+Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
+Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
+"""
+import argparse
+from pathlib import Path
+
+from minieq.data import IMAGE_EXTENSIONS, verify_images, write_index
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", required=True, type=Path)
+    parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
+    args = parser.parse_args(argv)
+    if not args.root.is_dir():
+        raise SystemExit(f"{args.root}: no such folder; see data_scripts/README.md")
+    found = sorted(str(p.relative_to(args.root)) for p in args.root.rglob("*")
+                   if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not found:
+        raise SystemExit(f"{args.root}: no images found")
+    if len(found) != 90000:
+        print(f"note: found {len(found)} images, the full LHQ has 90,000")
+    for split in ("train", "val"):
+        files = [name for k, name in enumerate(found) if (k % 100 == 0) == (split == "val")]
+        labels = [0] * len(files)
+        if args.verify:
+            files, labels, bad = verify_images(args.root, files, labels)
+            print(f"{split}: dropped {len(bad)} unreadable images {bad[:5]}")
+        path = write_index(args.root / f"minieq_lhq_{split}.tsv", files, labels, ["landscape"])
+        print(f"{split}: {len(files)} images -> {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Encode a data set once into a latent file, so the generator never runs the tokenizer encoder.
+
+    python -m minieq.cache_latents --tokenizer runs/tok/checkpoint.pt --data synthscapes \\
+        --num_images 4096 --out runs/course/latents.pt
+
+The file holds posterior MEANS: ``{"latents": (M, N, C) float32, "labels": (M,) long,
+"tokenizer_config": ..., "noise_std": ..., "flips": bool, "num_images": ...}``. With flips, rows
+``num_images..2·num_images-1`` are the horizontally mirrored images, in the same order, so the
+generator sees both orientations (the official training flips at random each epoch, §2.4).
+The σ-VAE noise is NOT baked in: the generator trainer draws it on the fly from the means with
+``minieq.tokenizer.sigma_vae_sample`` (the official code re-encodes and samples every step, §7).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from minieq.checkpoint import atomic_torch_save, load_checkpoint
+from minieq.logger import progress
+from minieq.utils import pick_device
+
+
+@torch.no_grad()
+def cache_latents(tokenizer, dataset: Dataset, path: str | os.PathLike, flips: bool = True,
+                  batch_size: int = 64, num_workers: int = 0, show_progress: bool = True) -> Path:
+    """Encode every image of ``dataset`` (posterior means, fp32) and write the latent file.
+
+    :param tokenizer: a ColumnTokenizer (its device is used; it is put in eval mode).
+    :param dataset: yields ``(image in [-1, 1], label)``; use a deterministic (no random
+        crop/flip) transform.
+    :param flips: also encode the horizontally flipped images, as extra rows after the originals.
+    :return: ``path``.
+    """
+    tokenizer.eval()
+    device = next(tokenizer.parameters()).device
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    latents, flipped, labels = [], [], []
+    for x, y in progress(loader, desc="caching latents", disable=not show_progress):
+        x = x.to(device)
+        latents.append(tokenizer.encode(x).float().cpu())  # (B, N, C)
+        if flips:
+            flipped.append(tokenizer.encode(x.flip(-1)).float().cpu())  # mirrored along the width
+        labels.append(torch.as_tensor(y).long())
+    labels = torch.cat(labels)
+    payload = {
+        "latents": torch.cat(latents + flipped),  # (M, N, C), M = num_images · (2 if flips else 1)
+        "labels": torch.cat([labels, labels]) if flips else labels,
+        "tokenizer_config": tokenizer.config.to_dict(),
+        "noise_std": float(tokenizer.config.noise_std),
+        "flips": flips,
+        "num_images": len(labels),
+    }
+    return atomic_torch_save(payload, path)
+
+
+def _dataset(args: argparse.Namespace, tok_config):
+    from minieq import data as mdata
+
+    if args.data == "synthscapes":
+        return mdata.SynthScapes(args.num_images, height=tok_config.image_height, width=args.width,
+                                 seed=args.seed, split=args.split)
+    real = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
+    if args.data not in real or not args.data_path:
+        raise ValueError(f"--data must be synthscapes or one of {sorted(real)} with --data_path")
+    # Centre crops (train=False): the flips are added explicitly as extra rows.
+    return real[args.data](args.data_path, split=args.split, resolution=tok_config.image_height,
+                           train=False)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description="Encode a data set into a latent file.")
+    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (minieq format)")
+    parser.add_argument("--data", default="synthscapes", help="synthscapes | imagenet | places30 | lhq")
+    parser.add_argument("--data_path", default=None)
+    parser.add_argument("--split", default="train")
+    parser.add_argument("--num_images", type=int, default=4096, help="SynthScapes only")
+    parser.add_argument("--width", type=int, default=128, help="SynthScapes only")
+    parser.add_argument("--seed", type=int, default=0, help="SynthScapes only")
+    parser.add_argument("--no_flips", action="store_true", help="do not add flipped copies")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+    tok = load_checkpoint(args.tokenizer, map_location=pick_device(args.device))
+    path = cache_latents(tok, _dataset(args, tok.config), args.out, flips=not args.no_flips,
+                         batch_size=args.batch_size, num_workers=args.num_workers)
+    print(f"saved {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

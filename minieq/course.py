@@ -1,0 +1,89 @@
+"""Load-or-train helpers shared by the notebooks and the demo (artifacts in ``runs/course/``).
+
+Each helper loads its artifact if it exists and trains (or computes) it otherwise, so the
+notebooks can run in any order and a second run costs nothing (the uvadlc pattern, style.md).
+
+FAST mode (``fast=None`` reads ``$MINIEQ_FAST``; unset means FAST, as in the notebooks) is a few
+CPU minutes; ``MINIEQ_FAST=0`` trains longer (meant for a GPU, also fine on a CPU overnight).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from minieq.checkpoint import load_checkpoint, save_checkpoint
+from minieq.train_tokenizer import TokenizerTrainConfig
+from minieq.train_tokenizer import train as train_tokenizer
+
+# The course tokenizer: the "tiny" preset (32 px high, 8 px columns, 16 channels) at half its
+# width (ch 16 instead of 32): 4x fewer FLOPs, so a few hundred CPU steps fit in minutes.
+COURSE_TOKENIZER = dict(ch=16, semantic_ch=16)
+
+# Offline and on a CPU the objective is L1 + KL on σ-VAE samples (reduction "mean"): LPIPS, the
+# DINO discriminator and the DINOv2 teacher need weight files, and even with them their
+# backbones would cost more than the tokenizer itself at this size.
+TOKENIZER_RECIPES = {
+    True: dict(steps=300, batch_size=8, lr=1e-3, warmup=20, lr_decay_every=200, lr_decay=0.3,
+               ema_decay=0.98, num_images=2048, log_every=10, image_every=100, ckpt_every=100),
+    False: dict(steps=4000, batch_size=16, lr=1e-3, warmup=100, lr_decay_every=1500, lr_decay=0.3,
+                ema_decay=0.995, num_images=8192, log_every=25, image_every=500, ckpt_every=500),
+}
+LATENT_IMAGES = {True: 2048, False: 8192}  # SynthScapes training images (×2 rows with flips)
+
+
+def is_fast(fast: bool | None = None) -> bool:
+    """``fast`` if given, else ``$MINIEQ_FAST`` ("0" means full mode; unset means FAST)."""
+    if fast is not None:
+        return fast
+    return os.environ.get("MINIEQ_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def tiny_tokenizer_config(fast: bool | None = None) -> TokenizerTrainConfig:
+    """The course's tokenizer run: the tiny preset with the FAST or full recipe above."""
+    return TokenizerTrainConfig.preset("tiny", tokenizer_overrides=dict(COURSE_TOKENIZER),
+                                       **TOKENIZER_RECIPES[is_fast(fast)])
+
+
+def tiny_tokenizer(run_dir: str | os.PathLike = "runs/course", fast: bool | None = None,
+                   device: str | torch.device | None = None, retrain: bool = False):
+    """Load ``run_dir/tokenizer.pt`` or train it; returns the EMA ColumnTokenizer in eval mode.
+
+    Training writes its checkpoint, metrics and reconstruction grids to ``run_dir/tokenizer_run``
+    and resumes from there if interrupted; ``tokenizer.pt`` holds only the EMA weights.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "tokenizer.pt"
+    device = torch.device(device) if device is not None else None
+    if path.exists() and not retrain:
+        return load_checkpoint(path, map_location=device or "cpu")
+    cfg = tiny_tokenizer_config(fast)
+    work = run_dir / "tokenizer_run"
+    partial = work / "checkpoint.pt"
+    if retrain and work.exists():
+        for old in [partial, work / "metrics.jsonl"]:
+            old.unlink(missing_ok=True)
+    resume = str(partial) if partial.exists() else None
+    ckpt = train_tokenizer(cfg, work, resume=resume, device=device or "cpu")
+    tok = load_checkpoint(ckpt)  # EMA weights
+    save_checkpoint(path, tok, train_config=cfg.to_dict())
+    return tok.to(device or "cpu").eval()
+
+
+def tiny_latents(tokenizer, run_dir: str | os.PathLike = "runs/course", fast: bool | None = None,
+                 recompute: bool = False) -> Path:
+    """``run_dir/latents.pt``: posterior means of the SynthScapes training set, with flips.
+
+    Computed with :func:`minieq.cache_latents.cache_latents` unless the file already exists.
+    """
+    from minieq.cache_latents import cache_latents
+    from minieq.data import SynthScapes
+
+    path = Path(run_dir) / "latents.pt"
+    if path.exists() and not recompute:
+        return path
+    cfg = tiny_tokenizer_config(fast)
+    data = SynthScapes(LATENT_IMAGES[is_fast(fast)], height=tokenizer.config.image_height,
+                       width=cfg.image_width, seed=cfg.seed, split="train")
+    return cache_latents(tokenizer, data, path, flips=True, batch_size=64)

@@ -1,0 +1,225 @@
+"""The tokenizer objective (paper Sec. 4.1 / Table 6; reference-spec §2.1).
+
+    loss_ae   = rec + 0.01·KL + d_weight·disc_factor·g_loss + semantic_factor·5.0·semantic
+    loss_disc = disc_factor · hinge(D(aug(x)), D(aug(x̂)))
+
+* rec: per pixel |x − x̂| + lpips_weight·LPIPS(x, x̂) (LPIPS is one number per image, broadcast
+  to every pixel), summed over pixels and divided by B — the official weighting, so LPIPS
+  effectively weighs 3·H·W times more than one pixel's L1. ``reduction="mean"`` divides EVERY
+  term (rec, KL, semantic) by the same 3·H·W, i.e. per-pixel means: the loss is then exactly the
+  official loss / (3·H·W) (the adaptive GAN weight rescales itself), which reads more easily.
+* KL: the σ-VAE "KL" is 0.5·Σ mean², an L2 penalty on the posterior mean (§1.5), batch-averaged.
+* g_loss = −mean D(aug(x̂)); its adaptive weight ‖∇nll‖ / (‖∇g‖ + 1e-4) on the decoder's last
+  layer, clamped to [0, 1e4], × disc_weight. Computed only once the discriminator has started
+  (the official code pays for it on every step, §7).
+* semantic: Σ (pred − DINOv2 patch features)² / B against a frozen DINOv2 ViT-B/14 (§1.8). The
+  teacher runs only while its weight is on.
+
+Pretrained networks (VGG16 for LPIPS, DINO ViT-S/16, DINOv2 ViT-B/14) are never downloaded: when
+a file is missing the term is switched off with ONE printed line saying which and why.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minieq.backbones import VIT_SPECS, imagenet_normalize, load_vit, missing_message
+from minieq.config import ConfigBase
+from minieq.discriminator import DinoDiscriminator, PatchGAN, diff_augment
+from minieq.metrics import VGG16_FILE, build_lpips
+
+# Small random ViTs used only when a test passes allow_random_backbones=True.
+_RANDOM_VIT = dict(embed_dim=32, depth=4, num_heads=2)
+
+
+@dataclass
+class TokenizerLossConfig(ConfigBase):
+    """Weights and switches of the tokenizer objective (defaults: paper Table 6)."""
+
+    lpips_weight: float = 1.0
+    kl_weight: float = 0.01
+    disc_type: str = "dino"  # "dino" (paper), "patchgan" (Table 5 baseline) or "none"
+    disc_weight: float = 0.5
+    disc_start: int = 5000  # paper; the official code starts at step 5001
+    diffaug: bool = True
+    disc_virtual_batch: int = 8  # BatchNormLocal group size (§2.2)
+    patchgan_channels: int = 64
+    patchgan_layers: int = 3
+    semantic_weight: float = 5.0
+    semantic_start: int = 20000  # paper; the official code starts at step 20001
+    reduction: str = "sum"  # "sum" = official Σ/B; "mean" = everything / (3·H·W)
+    lpips_vgg_path: Optional[str] = None  # file or folder with vgg16-397923af.pth
+    dino_path: Optional[str] = None  # ... with dino_deitsmall16_pretrain.pth
+    dinov2_path: Optional[str] = None  # ... with dinov2_vitb14_pretrain.pth
+
+    PRESETS = {"paper": {}}
+
+    def __post_init__(self):
+        if self.disc_type not in ("dino", "patchgan", "none"):
+            raise ValueError(f"disc_type must be 'dino', 'patchgan' or 'none', got {self.disc_type!r}")
+        if self.reduction not in ("sum", "mean"):
+            raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
+
+
+class TokenizerLoss(nn.Module):
+    """Every term of the tokenizer objective; ``discriminator`` is its only trainable part.
+
+    :param semantic_channels: the tokenizer's ``semantic_out_channels`` (must equal the teacher's
+        width, 768 for DINOv2 ViT-B/14, when the semantic term is on).
+    :param allow_random_backbones: FOR TESTS ONLY: missing pretrained files are replaced by small
+        random networks instead of switching the term off.
+    """
+
+    def __init__(self, config: TokenizerLossConfig, semantic_channels: int = 768,
+                 allow_random_backbones: bool = False):
+        super().__init__()
+        self.config = config
+        cfg, rand = config, allow_random_backbones
+        # Frozen networks sit in a plain dict: out of parameters(), state_dict() and train().
+        self._frozen: dict[str, nn.Module] = {}
+        self.off: dict[str, str] = {}  # term -> why it is off
+
+        if cfg.lpips_weight > 0:
+            net = build_lpips(cfg.lpips_vgg_path) or (build_lpips(random_vgg=True) if rand else None)
+            self._keep("lpips", net, missing_message("LPIPS", VGG16_FILE, cfg.lpips_vgg_path,
+                                                     "--lpips_vgg_path"))
+        self.discriminator: nn.Module | None = None
+        if cfg.disc_type == "patchgan":
+            self.discriminator = PatchGAN(cfg.patchgan_channels, cfg.patchgan_layers)
+        elif cfg.disc_type == "dino":
+            vit = load_vit("dino_vits16", cfg.dino_path) or (
+                load_vit("dino_vits16", random_init=True, **_RANDOM_VIT) if rand else None)
+            if vit is None:
+                self._off("gan", missing_message(
+                    "GAN loss", VIT_SPECS["dino_vits16"].filename, cfg.dino_path,
+                    "--dino_path (or --disc_type patchgan)"))
+            else:
+                self.discriminator = DinoDiscriminator(vit, virtual_bs=cfg.disc_virtual_batch)
+        if cfg.semantic_weight > 0:
+            teacher = load_vit("dinov2_vitb14", cfg.dinov2_path) or (
+                load_vit("dinov2_vitb14", random_init=True, **{**_RANDOM_VIT, "embed_dim": semantic_channels})
+                if rand else None)
+            if teacher is not None and teacher.spec.embed_dim != semantic_channels:
+                raise ValueError(f"semantic loss: the tokenizer's semantic_out_channels="
+                                 f"{semantic_channels} must equal the DINOv2 width "
+                                 f"{teacher.spec.embed_dim} (or set semantic_weight=0)")
+            self._keep("teacher", teacher, missing_message(
+                "semantic loss", VIT_SPECS["dinov2_vitb14"].filename, cfg.dinov2_path, "--dinov2_path"))
+
+    # ----- bookkeeping -----------------------------------------------------------------------
+    def _keep(self, name: str, net: nn.Module | None, message: str) -> None:
+        if net is None:
+            self._off(name, message)
+        else:
+            self._frozen[name] = net.eval().requires_grad_(False)
+
+    def _off(self, name: str, message: str) -> None:
+        self.off[name] = message
+        print(message)
+
+    def _apply(self, fn, recurse=True):
+        for net in self._frozen.values():  # move/cast the hidden frozen networks too
+            net._apply(fn, recurse)
+        return super()._apply(fn, recurse)
+
+    def disc_active(self, step: int) -> bool:
+        return self.discriminator is not None and self.config.disc_weight > 0 and step >= self.config.disc_start
+
+    def semantic_active(self, step: int) -> bool:
+        """Whether the tokenizer must produce its semantic prediction at ``step``."""
+        return "teacher" in self._frozen and step >= self.config.semantic_start
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x) if self.config.diffaug else x
+
+    # ----- the two objectives ----------------------------------------------------------------
+    def generator_loss(self, x: torch.Tensor, out, step: int,
+                       last_layer: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Autoencoder loss. ``out`` is a TokenizerOutput; returns ``{"loss": ..., <terms>}``.
+
+        ``last_layer`` (``tok.last_layer_weight``) is needed for the adaptive GAN weight.
+        """
+        cfg = self.config
+        b = x.shape[0]
+        norm = 1.0 if cfg.reduction == "sum" else float(x[0].numel())  # 3·H·W
+        recon = out.recon.float()
+        l1 = (x.float() - recon).abs()
+        terms = {"l1": l1.mean().detach()}
+        rec = l1.flatten(1).sum(1)  # (B,) Σ over pixels
+        if "lpips" in self._frozen:
+            lp = self._frozen["lpips"](x.float(), recon).flatten()  # (B,)
+            terms["lpips"] = lp.mean().detach()
+            rec = rec + cfg.lpips_weight * lp * x[0].numel()  # broadcast to every pixel (§2.1)
+        nll = rec.sum() / b / norm
+        kl = (0.5 * out.mean.float().pow(2).flatten(1).sum(1)).mean()  # §1.5
+        loss = nll + cfg.kl_weight * kl / norm
+        terms.update(rec_loss=nll.detach(), nll_loss=nll.detach(), kl_loss=kl.detach())
+
+        g_loss = d_weight = torch.zeros((), device=x.device)
+        if self.disc_active(step):
+            with _no_param_grads(self.discriminator):
+                g_loss = -self.discriminator(self._augment(recon)).mean()
+            if torch.is_grad_enabled() and last_layer is not None and last_layer.requires_grad:
+                nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
+                g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+                d_weight = (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
+                d_weight = d_weight * cfg.disc_weight
+            loss = loss + d_weight * g_loss
+        terms.update(g_loss=g_loss.detach(), d_weight=d_weight,
+                     disc_factor=torch.tensor(float(self.disc_active(step))))
+
+        semantic = torch.zeros((), device=x.device)
+        on = self.semantic_active(step) and cfg.semantic_weight > 0
+        if on:
+            if out.semantic is None:
+                raise ValueError("semantic loss is on: call reconstruct(..., semantic=True)")
+            semantic = self.semantic_loss(x, out.semantic)
+            loss = loss + cfg.semantic_weight * semantic / norm
+        terms.update(semantic_loss=semantic.detach(),
+                     semantic_factor=torch.tensor(cfg.semantic_weight if on else 0.0))
+        return {"loss": loss, **terms}
+
+    def semantic_loss(self, x: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+        """Σ (pred − DINOv2 final-norm patch tokens)² / B, with the teacher's patch grid = pred's grid.
+
+        The teacher sees (x+1)/2, ImageNet-normalised, bicubically resized so that its patch grid
+        equals the prediction's (gh, gw): 224×224 → 16×16 for the paper's 256 px images (§1.8).
+        """
+        teacher = self._frozen["teacher"]
+        gh, gw = pred.shape[-2:]
+        p = teacher.spec.patch_size
+        with torch.no_grad(), torch.autocast(device_type=x.device.type, enabled=False):
+            inp = F.interpolate(imagenet_normalize(x.float()), size=(gh * p, gw * p), mode="bicubic",
+                                align_corners=False)
+            target = teacher.patch_features(inp)  # (B, gh·gw, D)
+        pred = pred.float().flatten(2)  # (B, D, gh, gw) -> (B, D, gh·gw)
+        return (pred - target.transpose(1, 2)).pow(2).sum() / x.shape[0]
+
+    def discriminator_loss(self, x: torch.Tensor, recon: torch.Tensor, step: int,
+                           disc: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Hinge loss 0.5·(mean relu(1 − D(real)) + mean relu(1 + D(fake))); real and fake get
+        independent augmentations. ``disc`` may be the DDP-wrapped discriminator."""
+        disc = disc or self.discriminator
+        real = disc(self._augment(x.detach().float()))
+        fake = disc(self._augment(recon.detach().float()))
+        hinge = 0.5 * (F.relu(1 - real).mean() + F.relu(1 + fake).mean())
+        return {"disc_loss": hinge, "logits_real": real.mean().detach(), "logits_fake": fake.mean().detach()}
+
+
+class _no_param_grads:
+    """Context: the module's parameters need no gradient (the generator step must not train D)."""
+
+    def __init__(self, module: nn.Module):
+        self.params = [p for p in module.parameters() if p.requires_grad]
+
+    def __enter__(self):
+        for p in self.params:
+            p.requires_grad_(False)
+
+    def __exit__(self, *exc):
+        for p in self.params:
+            p.requires_grad_(True)

@@ -1,0 +1,140 @@
+"""Reconstruction metrics: PSNR, SSIM, LPIPS and rFID (paper Table 5 reports rFID).
+
+PSNR and SSIM need nothing but torch. LPIPS needs the torchvision VGG16 ImageNet weights
+(``vgg16-397923af.pth``) and rFID the Inception weights of torch-fidelity; neither is ever
+downloaded here: without the files those metrics return None and print why.
+
+Images are in [-1, 1] (B, 3, H, W) unless a docstring says otherwise.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minieq.backbones import find_pretrained, missing_message
+from minieq.checkpoint import CheckpointError, safe_torch_load
+
+VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and hence lpips) would download
+INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """(B,) peak signal-to-noise ratio in dB of [-1, 1] images, computed on [0, 1] (inf if equal)."""
+    mse = ((x - y) / 2).pow(2).flatten(1).mean(dim=1)  # /2: the [-1, 1] range is 2 wide
+    return 10 * torch.log10(1.0 / mse)
+
+
+def _gaussian_window(size: int, sigma: float, device, dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2
+    g = torch.exp(-coords.pow(2) / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """(B,) structural similarity (Wang et al. 2004) of [-1, 1] images, computed on [0, 1].
+
+    Gaussian window (11, σ 1.5), constants K1 = 0.01, K2 = 0.03, "valid" filtering, averaged
+    over channels and positions. The window shrinks to the image's smaller side if needed.
+    """
+    a, b = (x.float() + 1) / 2, (y.float() + 1) / 2
+    window = min(window, a.shape[-2], a.shape[-1])
+    g = _gaussian_window(window, sigma, a.device, a.dtype)
+    c = a.shape[1]
+
+    def blur(t: torch.Tensor) -> torch.Tensor:  # separable Gaussian, one filter per channel
+        t = F.conv2d(t, g.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+        return F.conv2d(t, g.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.flatten(1).mean(dim=1)
+
+
+def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = False) -> nn.Module | None:
+    """The LPIPS(VGG16) network, frozen and in eval mode, or None if the VGG16 weights are missing.
+
+    The lpips package ships its own linear-layer weights; the VGG16 trunk comes from
+    ``vgg16-397923af.pth`` found by :func:`minieq.backbones.find_pretrained` (``vgg_path``,
+    ``$MINIEQ_WEIGHTS_DIR``, the torch hub cache). The package is told not to download
+    (``pnet_rand=True``) and the trunk is loaded here. ``random_vgg=True`` is FOR TESTS ONLY.
+    Eval mode also turns off the Dropout(0.5) before each linear layer, which the official
+    training left on (reference-spec §7).
+    """
+    try:
+        import lpips
+    except ImportError:
+        print("LPIPS off: the 'lpips' package is not installed (pip install lpips)")
+        return None
+    found = None if random_vgg else find_pretrained(VGG16_FILE, vgg_path)
+    if found is None and not random_vgg:
+        return None
+    model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    if found is not None:
+        features = {k[len("features."):]: v for k, v in safe_torch_load(found).items()
+                    if k.startswith("features.")}
+        trunk = {}
+        for name in model.net.state_dict():  # e.g. "slice2.5.weight" <- torchvision "features.5.weight"
+            index_and_param = name.split(".", 1)[1]
+            if index_and_param not in features:
+                raise CheckpointError(f"{found}: no VGG16 'features.{index_and_param}'")
+            trunk[name] = features[index_and_param]
+        model.net.load_state_dict(trunk)
+    return model.eval().requires_grad_(False)
+
+
+_LPIPS_CACHE: dict = {}
+
+
+def lpips_distance(x: torch.Tensor, y: torch.Tensor, vgg_path=None) -> torch.Tensor | None:
+    """(B,) LPIPS(VGG) distances of [-1, 1] images, or None (with a printed reason) offline."""
+    if vgg_path not in _LPIPS_CACHE:
+        net = build_lpips(vgg_path)
+        if net is None:
+            print(missing_message("LPIPS metric", VGG16_FILE, vgg_path, "vgg_path"))
+        _LPIPS_CACHE[vgg_path] = net
+    net = _LPIPS_CACHE[vgg_path]
+    if net is None:
+        return None
+    net = net.to(x.device)
+    with torch.no_grad():
+        return net(x.float(), y.float()).flatten()
+
+
+def rfid(real_dir: str | os.PathLike, recon_dir: str | os.PathLike,
+         inception_path: str | os.PathLike | None = None) -> float | None:
+    """FID between two folders of PNGs (originals and reconstructions) with torch-fidelity.
+
+    Runs only if torch-fidelity is installed and its Inception weights are on disk (``inception_path``,
+    ``$MINIEQ_WEIGHTS_DIR`` or the torch hub cache); otherwise returns None and says why.
+    """
+    try:
+        import torch_fidelity
+    except ImportError:
+        print("rFID off: torch-fidelity is not installed (pip install torch-fidelity)")
+        return None
+    found = find_pretrained(INCEPTION_FILE, inception_path)
+    if found is None:
+        print(missing_message("rFID", INCEPTION_FILE, inception_path, "inception_path"))
+        return None
+    # Passing the file explicitly keeps torch-fidelity from trying to download it.
+    result = torch_fidelity.calculate_metrics(
+        input1=str(real_dir), input2=str(recon_dir), cuda=torch.cuda.is_available(), fid=True,
+        feature_extractor_weights_path=str(found), verbose=False)
+    return float(result["frechet_inception_distance"])
+
+
+def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, vgg_path=None) -> dict[str, float]:
+    """Mean PSNR, SSIM (and LPIPS when available) of a batch of reconstructions."""
+    out = {"psnr": psnr(x, recon).mean().item(), "ssim": ssim(x, recon).mean().item()}
+    d = lpips_distance(x, recon, vgg_path)
+    if d is not None:
+        out["lpips"] = d.mean().item()
+    return out
+

@@ -1,0 +1,190 @@
+"""Tokenizer + generator = images: class labels in, (B, 3, H, W) images out, any width.
+
+The generator works in a normalised latent space, ``tokens = σ-VAE sample × latent_scale``
+(reference-spec §3.8). The official code passes the scale as a magic CLI number
+(``--vae_norm 0.05493``); here :func:`compute_latent_scale` derives it from data and every
+generator checkpoint stores it, so a :class:`Pipeline` never needs it from the user.
+
+Legend: B batch, N tokens (= columns), C token channels, H/W image height/width.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from minieq.tokenizer import sigma_vae_sample
+
+
+@torch.no_grad()
+def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples: int = 4096,
+                         seed: int = 0) -> float:
+    """The factor that gives the generator's training tokens unit standard deviation.
+
+    The generator is trained on σ-VAE *samples* (posterior mean + noise), not on the means
+    (reference-spec §3.8), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
+    every element of up to ``max_samples`` latents. The official constant 0.05493 is meant to do
+    the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
+
+    :param latents_or_dataset: posterior means, a (M, N, C) tensor, or a data set whose items are
+        ``(latent, label)`` pairs (e.g. :class:`minieq.data.LatentDataset`).
+    :param noise_std: the σ-VAE noise bound (2.5 in the paper's tokenizer).
+    :param max_samples: use a seeded random subset of at most this many latents.
+    :param seed: seed of the subset choice and of the σ-VAE noise.
+    :return: the latent scale as a Python float.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(latents_or_dataset, torch.Tensor):
+        means = latents_or_dataset
+        if means.dim() != 3:
+            raise ValueError(f"latents must be (M, N, C) posterior means, got shape {tuple(means.shape)}")
+        if len(means) > max_samples:
+            means = means[torch.randperm(len(means), generator=g)[:max_samples]]
+    else:
+        n = len(latents_or_dataset)
+        index = torch.randperm(n, generator=g)[:max_samples].tolist() if n > max_samples else range(n)
+        means = torch.stack([torch.as_tensor(latents_or_dataset[i][0]) for i in index])  # (M, N, C)
+    if means.numel() == 0:
+        raise ValueError("cannot compute a latent scale from an empty set of latents")
+    means = means.float().cpu()
+    noisy = sigma_vae_sample(means, std=noise_std, generator=g)
+    std = float(noisy.std())
+    if not std > 0:  # also catches NaN
+        raise ValueError(f"latents have standard deviation {std}; cannot normalise them")
+    return 1.0 / std
+
+
+class Pipeline:
+    """Class-conditional image generation with a column tokenizer and an AR generator.
+
+    ``latent_scale`` maps tokenizer latents into the generator's space (tokens × scale); it
+    comes from :func:`compute_latent_scale` or from the generator checkpoint.
+    """
+
+    DEFAULT_TOKENS = 16  # the paper's training length (Table 8)
+
+    def __init__(self, tokenizer: nn.Module, generator: nn.Module, latent_scale: float,
+                 long_decode_from: int = 64):
+        if tokenizer.config.embed_dim != generator.config.token_dim:
+            raise ValueError(
+                f"tokenizer makes {tokenizer.config.embed_dim}-channel tokens but the generator "
+                f"models {generator.config.token_dim}-channel tokens")
+        if not latent_scale > 0:
+            raise ValueError(f"latent_scale must be positive, got {latent_scale}")
+        self.tokenizer = tokenizer.eval()
+        self.generator = generator.eval()
+        self.latent_scale = float(latent_scale)
+        # Past this many tokens decode in bounded memory (tokenizer attention is global, O(N²)).
+        self.long_decode_from = long_decode_from
+
+    @classmethod
+    def from_checkpoints(cls, tokenizer_path: str | os.PathLike, generator_path: str | os.PathLike,
+                         device: torch.device | str = "cpu", use_ema: bool = True) -> "Pipeline":
+        """Load a tokenizer and a generator checkpoint (EMA weights); the scale comes from the latter."""
+        scale = read_checkpoint(generator_path).get("latent_scale")
+        if scale is None:
+            raise CheckpointError(
+                f"{generator_path}: no 'latent_scale' entry (not written by minieq.train_generator?)")
+        tokenizer = load_checkpoint(tokenizer_path, map_location=device, use_ema=use_ema)
+        generator = load_checkpoint(generator_path, map_location=device, use_ema=use_ema)
+        if not hasattr(tokenizer, "decode") or not hasattr(generator, "sample"):
+            raise CheckpointError(
+                f"expected a tokenizer in {tokenizer_path} and a generator in {generator_path}, got "
+                f"{type(tokenizer).__name__} and {type(generator).__name__} (swapped arguments?)")
+        return cls(tokenizer, generator, float(scale))
+
+    @property
+    def column_width(self) -> int:
+        return self.tokenizer.config.column_width
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    @property
+    def rows(self) -> int:
+        """Tokens per image column: 1 for the column layout, ``final_height`` for the 2D grid baseline."""
+        cfg = self.tokenizer.config
+        return cfg.final_height if cfg.layout == "grid" else 1
+
+    def num_tokens(self, width: int) -> int:
+        """Tokens needed for an image ``width`` pixels wide (a multiple of the column width, ≥ 2 columns)."""
+        col = self.column_width
+        if width % col or width // col < 2:
+            raise ValueError(
+                f"width must be a multiple of the column width {col} px and at least {2 * col} px "
+                f"(2 token columns, the tokenizer's minimum), got {width}")
+        return width // col * self.rows
+
+    def _labels(self, labels) -> torch.Tensor:
+        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)  # (B,)
+        num_classes = self.generator.config.num_classes
+        if labels.numel() == 0 or labels.min() < 0 or labels.max() >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}")
+        return labels
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, 3, H, W) → generator-space tokens (B, N, C) (posterior mean × scale)."""
+        return self.tokenizer.encode(images.to(self.device)) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Generator-space tokens (B, N, C) → images (B, 3, H, N · column width) in [-1, 1]."""
+        latents = tokens / self.latent_scale
+        if self.rows == 1 and latents.shape[1] >= self.long_decode_from:
+            images = self.tokenizer.decode_long(latents)
+        else:
+            images = self.tokenizer.decode(latents)
+        return images.clamp(-1, 1)
+
+    @torch.no_grad()
+    def sample_tokens(self, labels, num_tokens: int, cfg: float = 1.0, cfg_schedule: str = "linear",
+                      temperature: float = 1.0, seed: int | None = None, progress: bool = False,
+                      prefix: torch.Tensor | None = None, **sample_kwargs) -> torch.Tensor:
+        """Generator-space tokens (B, num_tokens, C); ``seed`` makes the draw reproducible."""
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        return self.generator.sample(self._labels(labels), num_tokens, cfg=cfg, cfg_schedule=cfg_schedule,
+                                     temperature=temperature, prefix=prefix, progress=progress,
+                                     generator=generator, **sample_kwargs)
+
+    def generate(self, labels: Sequence[int] | torch.Tensor | int, width: int | None = None,
+                 cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
+                 seed: int | None = None, progress: bool = False, **sample_kwargs) -> torch.Tensor:
+        """Images (B, 3, H, width) in [-1, 1], one per label.
+
+        ``width`` defaults to 16 tokens (the training width) and may be any multiple of the
+        column width: the generator's windowed attention makes every length the same task
+        (Sec. 3.3; the long images of Fig. 5).
+        """
+        width = self.DEFAULT_TOKENS * self.column_width if width is None else width
+        tokens = self.sample_tokens(labels, self.num_tokens(width), cfg=cfg, cfg_schedule=cfg_schedule,
+                                    temperature=temperature, seed=seed, progress=progress, **sample_kwargs)
+        return self.decode(tokens)
+
+    def continue_(self, images: torch.Tensor, labels, width: int, **kwargs) -> torch.Tensor:
+        """Extend ``images`` (B, 3, H, w) to the right up to ``width`` pixels (the encoded columns are the prefix)."""
+        prefix = self.encode(images)  # (B, P, C)
+        num_tokens = self.num_tokens(width)
+        if num_tokens <= prefix.shape[1]:
+            raise ValueError(f"width {width} must exceed the given images' width {images.shape[-1]}")
+        return self.decode(self.sample_tokens(labels, num_tokens, prefix=prefix, **kwargs))
+
+    def regenerate(self, tokens: torch.Tensor, keep_mask: torch.Tensor, labels,
+                   seed: int | None = None, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keep ``tokens`` (B, N, C) where ``keep_mask`` ((N,) or (B, N)) is True, resample the rest.
+
+        Paper Fig. 6 (interactive generation): look at a sample, drop the columns you dislike,
+        regenerate them. Returns ``(images, new_tokens)`` so the user can iterate.
+        """
+        generator = None
+        if seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(seed)
+        new = self.generator.regenerate(tokens, self._labels(labels), keep_mask,
+                                        generator=generator, **kwargs)  # (B, N, C)
+        return self.decode(new), new

@@ -1,0 +1,341 @@
+"""Train the AR generator on column tokens (paper Sec. 4, Table 8; reference-spec §3.10, §4.1).
+
+One process (CPU, one GPU, a notebook)::
+
+    python -m minieq.train_generator --preset tiny --latents runs/course/latents.pt --out runs/gen
+
+One node with 8 GPUs (global batch 2048 = 8 ranks × 256; bf16 autocast on CUDA)::
+
+    torchrun --standalone --nproc_per_node 8 -m minieq.train_generator --preset paper \\
+        --model L --latents /data/places30_latents.pt --tokenizer runs/tok/tokenizer.pt --out runs/gen_L
+
+Several nodes (the same line on every node, NODE_RANK = 0 .. NNODES-1, MASTER = node 0's host)::
+
+    torchrun --nnodes 4 --nproc_per_node 8 --node_rank $NODE_RANK --master_addr $MASTER \\
+        --master_port 29500 -m minieq.train_generator --preset paper --model L \\
+        --latents /data/places30_latents.pt --out /shared/runs/gen_L
+
+Without cached latents the tokenizer encodes every batch on the fly, as the official script does
+(``--tokenizer runs/tok/tokenizer.pt --data places30 --data_path /data/places30``).
+Re-running the same command resumes exactly from ``<out>/generator.pt``.
+
+Randomness is a pure function of (seed, step, rank), like the LR schedule: σ-VAE noise is drawn
+for the *global* batch and sliced by rank, so it does not depend on how the batch is split over
+GPUs; the generator's own draws (flow noise, label drop, RoPE shift) come from a global RNG
+reseeded every step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from minieq import dist
+from minieq.checkpoint import load_checkpoint
+from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
+from minieq.ema import EMA
+from minieq.generator import Generator, GeneratorConfig
+from minieq.logger import JsonlLogger, progress
+from minieq.pipeline import Pipeline, compute_latent_scale
+from minieq.tokenizer import sigma_vae_sample
+from minieq.training import TrainState, batches_from, check_finite, warmup_constant, warmup_cosine
+from minieq.utils import autocast, seed_everything
+
+# The flow-matching head: the official code exempts every parameter whose name contains
+# "diffloss" from weight decay (reference-spec §4.1); in minieq that module is `Generator.head`.
+HEAD_PREFIX = "head."
+
+
+@dataclass
+class GeneratorTrainConfig(ConfigBase):
+    """Everything a generator run needs. ``paper`` is Table 8; ``tiny`` trains on a CPU in minutes."""
+
+    model: str = "tiny"                   # GeneratorConfig preset: tiny, S, B, L, H
+    latents: str | None = None            # cached latent file (minieq.cache_latents)
+    tokenizer: str | None = None          # tokenizer checkpoint: on-the-fly data and sample grids
+    data: str = "synthscapes"             # on-the-fly data set when no latents: synthscapes|imagenet|places30|lhq
+    data_path: str | None = None
+    synth_images: int = 4096              # SynthScapes images when encoding on the fly
+    out: str = "runs/gen"
+    num_classes: int | None = None        # default: from the data
+    global_batch: int = 64                # summed over ranks (Table 8: 2048)
+    epochs: float = 40.0
+    max_steps: int | None = None          # overrides epochs
+    warmup_epochs: float = 1.0
+    lr_schedule: str = "constant"         # constant (paper) | cosine
+    min_lr_ratio: float = 0.0             # cosine floor, as a fraction of the peak LR
+    blr: float = 1e-4                     # LR = blr × global_batch / 256 (Table 8: 8e-4 at 2048)
+    lr: float | None = None               # absolute LR, overrides blr
+    weight_decay: float = 0.02
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 3.0
+    ema_decay: float = 0.9999
+    label_drop: float = 0.1               # for classifier-free guidance
+    diffusion_batch_mul: int = 4          # flow-loss rows per token (reference-spec §3.5)
+    grad_checkpointing: bool = False
+    noise_std: float | None = None        # σ-VAE noise bound (§1.5); default: the tokenizer's (2.5)
+    latent_scale: float | None = None     # default: compute_latent_scale on the data
+    bf16: bool = True                     # bf16 autocast on CUDA (no-op on CPU)
+    seed: int = 0
+    num_workers: int = 0
+    log_every: int = 20
+    save_every: int = 500
+    sample_every: int = 0                 # sample-grid PNG every k steps (0 = only at the end)
+    resume: bool = True
+    model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
+
+    PRESETS = {
+        "tiny": {},
+        "paper": dict(model="L", global_batch=2048, epochs=1200, warmup_epochs=100, blr=1e-4,
+                      ema_decay=0.9999, num_workers=8, log_every=20, save_every=3000,
+                      sample_every=10000, grad_checkpointing=False),
+    }
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay for 1-D parameters, biases and the flow head (reference-spec §4.1).
+
+    Class embeddings, the null class and the buffer position embedding are ≥ 2-D and *do*
+    get decay, as in the official code.
+    """
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        exempt = p.dim() < 2 or name.endswith(".bias") or name.startswith(HEAD_PREFIX)
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def step_seed(*parts) -> int:
+    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class _LossModule(nn.Module):
+    """Wraps ``Generator.loss`` as ``forward`` so DistributedDataParallel sees (and syncs) the call."""
+
+    def __init__(self, generator: Generator):
+        super().__init__()
+        self.generator = generator
+
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.generator.loss(tokens, labels, per_position=True)  # (N,)
+
+
+class _Data:
+    """Posterior means + labels per batch, from a latent file or a tokenizer on the fly."""
+
+    def __init__(self, cfg: GeneratorTrainConfig, device: torch.device):
+        from minieq import data as mdata
+
+        self.device = device
+        self.tokenizer = None
+        if cfg.tokenizer is not None:
+            self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device).requires_grad_(False)
+        if cfg.latents is not None:
+            self.dataset = mdata.LatentDataset(cfg.latents)
+        elif self.tokenizer is not None:
+            self.dataset = _image_dataset(cfg, self.tokenizer.config)
+        else:
+            raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
+        self.num_classes = cfg.num_classes or _num_classes(self.dataset)
+        tok_noise = self.tokenizer.config.noise_std if self.tokenizer is not None else None
+        self.noise_std = cfg.noise_std or getattr(self.dataset, "meta", {}).get("noise_std") or tok_noise or 2.5
+
+    @torch.no_grad()
+    def means(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, labels = batch[0].to(self.device), batch[1].to(self.device)
+        if x.dim() == 4:  # images (B, 3, H, W): encode in fp32, as the official script does
+            x = self.tokenizer.encode(x)  # (B, N, C)
+        return x.float(), labels.long()
+
+    def scale_sample(self, batch_size: int, batches: int = 8) -> torch.Tensor:
+        """Posterior means for :func:`compute_latent_scale` (a few batches when encoding on the fly)."""
+        if self.tokenizer is None or hasattr(self.dataset, "latents"):
+            return self.dataset
+        it = batches_from(self.dataset, batch_size, seed=1)
+        return torch.cat([self.means(next(it)[1])[0].cpu() for _ in range(batches)])  # (M, N, C)
+
+
+def _image_dataset(cfg: GeneratorTrainConfig, tok_cfg):
+    """The images to encode on the fly: 16 tokens wide (the paper's 256 × 256 at paper size)."""
+    from minieq import data as mdata
+
+    if cfg.data == "synthscapes":
+        return mdata.SynthScapes(cfg.synth_images, height=tok_cfg.image_height,
+                                 width=16 * tok_cfg.column_width, seed=cfg.seed)
+    builders = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
+    if cfg.data not in builders:
+        raise ValueError(f"--data must be synthscapes, imagenet, places30 or lhq, got {cfg.data!r}")
+    if cfg.data_path is None:
+        raise ValueError(f"--data {cfg.data} needs --data_path (the data set's root folder)")
+    return builders[cfg.data](cfg.data_path, split="train", resolution=tok_cfg.image_height)
+
+
+def _num_classes(dataset) -> int:
+    """From the data set's class list, the latent file's metadata, or the largest label."""
+    meta = getattr(dataset, "meta", {})
+    for value in (getattr(dataset, "classes", None), meta.get("num_classes"), meta.get("classes")):
+        if value is not None:
+            return value if isinstance(value, int) else len(value)
+    return int(torch.as_tensor(dataset.labels).max()) + 1
+
+
+def global_sigma_noise(means: torch.Tensor, seed: int, step: int, noise_std: float) -> torch.Tensor:
+    """σ-VAE noise for this rank's rows of the global batch (B_global = world × B, interleaved).
+
+    ``ResumableSampler`` gives rank r the rows r, r + world, ... of each global batch, so drawing
+    the whole global batch and slicing [r::world] makes every sample's noise independent of the
+    number of GPUs.
+    """
+    world, rank = dist.world_size(), dist.rank()
+    g = torch.Generator(device=means.device).manual_seed(step_seed(seed, "vae", step))
+    zeros = means.new_zeros(world * means.shape[0], *means.shape[1:])  # (world·B, N, C)
+    return sigma_vae_sample(zeros, std=noise_std, generator=g)[rank::world]  # (B, N, C)
+
+
+def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Per-iteration LR with a fractional epoch, warmup then constant or cosine (reference-spec §4.1)."""
+    peak = cfg.lr if cfg.lr is not None else cfg.blr * cfg.global_batch / 256
+    epoch = step / steps_per_epoch
+    if cfg.lr_schedule == "constant":
+        return peak * warmup_constant(epoch, cfg.warmup_epochs)
+    if cfg.lr_schedule == "cosine":
+        return peak * warmup_cosine(epoch, cfg.warmup_epochs, total_steps / steps_per_epoch, cfg.min_lr_ratio)
+    raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+
+
+def build_generator(cfg: GeneratorTrainConfig, num_classes: int, token_dim: int) -> Generator:
+    """The generator for this run: the model preset plus the training-time switches."""
+    return Generator(GeneratorConfig.preset(
+        cfg.model, num_classes=num_classes, token_dim=token_dim, label_drop=cfg.label_drop,
+        diffusion_batch_mul=cfg.diffusion_batch_mul, grad_checkpointing=cfg.grad_checkpointing,
+        **cfg.model_overrides))
+
+
+def save_samples(generator: Generator, ema: EMA, tokenizer, latent_scale: float, num_tokens: int,
+                 path: Path, seed: int = 0) -> None:
+    """A PNG with one EMA sample per class (up to 8), decoded by the tokenizer."""
+    from torchvision.utils import save_image
+
+    model = copy.deepcopy(generator)
+    ema.copy_to(model)
+    pipe = Pipeline(tokenizer, model, latent_scale)
+    labels = torch.arange(min(8, generator.config.num_classes))
+    images = pipe.generate(labels, width=num_tokens * pipe.column_width, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image((images + 1) / 2, path, nrow=1, padding=1)
+
+
+def train(cfg: GeneratorTrainConfig) -> Path:
+    """Train (or resume) a generator; returns the checkpoint path ``<out>/generator.pt``."""
+    device = dist.init_distributed()
+    world, rank = dist.world_size(), dist.rank()
+    if cfg.global_batch % world:
+        raise ValueError(f"global_batch {cfg.global_batch} is not divisible by {world} ranks")
+    local_batch = cfg.global_batch // world
+    out = Path(cfg.out)
+    ckpt_path = out / "generator.pt"
+    seed_everything(cfg.seed)
+
+    data = _Data(cfg, device)
+    steps_per_epoch = len(data.dataset) // cfg.global_batch
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.global_batch}")
+    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+    token_dim = data.dataset[0][0].shape[-1] if data.tokenizer is None else data.tokenizer.config.embed_dim
+
+    generator = build_generator(cfg, data.num_classes, token_dim).to(device)
+    optimizer = torch.optim.AdamW(param_groups(generator, cfg.weight_decay), lr=0.0,
+                                  betas=tuple(cfg.betas))
+    ema = EMA(generator, cfg.ema_decay)
+    state = TrainState(generator, {"generator": optimizer}, ema=ema)
+    if cfg.resume and ckpt_path.is_file():
+        latent_scale = float(state.resume(ckpt_path)["latent_scale"])
+        if dist.is_main():
+            print(f"resumed {ckpt_path} at step {state.step}")
+    else:
+        latent_scale = cfg.latent_scale or compute_latent_scale(
+            data.scale_sample(local_batch), noise_std=data.noise_std, seed=cfg.seed)
+        # Every rank must use the same number (on-the-fly encoding may differ in the last bits).
+        latent_scale = float(dist.all_reduce_mean(torch.tensor(latent_scale, device=device)))
+    model = _LossModule(generator)
+    if dist.is_distributed():
+        # Label dropout may leave the null-class embedding unused on a rank in some step.
+        model = DistributedDataParallel(model, find_unused_parameters=True)
+
+    logger = JsonlLogger(out / "metrics.jsonl")
+    if dist.is_main():
+        print(f"generator: {sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M parameters, "
+              f"{world} rank(s) × batch {local_batch}, {total_steps} steps "
+              f"({steps_per_epoch}/epoch), latent scale {latent_scale:.5f}")
+        if data.tokenizer is None:
+            print("no --tokenizer given: sample grids are skipped")
+    batches = batches_from(data.dataset, local_batch, start_step=state.step, seed=cfg.seed,
+                           num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    bar = progress(total=total_steps, initial=state.step, desc="generator")
+    generator.train()
+    for step, batch in batches:
+        if step >= total_steps:
+            break
+        lr = lr_at(cfg, step, steps_per_epoch, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        torch.manual_seed(step_seed(cfg.seed, step, rank))  # flow noise, label drop, RoPE shift
+        means, labels = data.means(batch)
+        tokens = (means + global_sigma_noise(means, cfg.seed, step, data.noise_std)) * latent_scale
+        with autocast(device, enabled=cfg.bf16):
+            per_position = model(tokens, labels).float()  # (N,) Fig. 3/4: one loss per subtask
+        loss = per_position.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)
+        per_position = dist.all_reduce_mean(per_position.detach())
+        # Before the optimizer step, so a NaN never reaches the weights or a checkpoint.
+        check_finite({"loss": per_position.mean(), "grad_norm": grad_norm}, step,
+                     ckpt_path if ckpt_path.is_file() else None)
+        optimizer.step()
+        ema.update(generator)
+        state.step = step + 1
+        bar.update(1)
+        if state.step % cfg.log_every == 0 or state.step == total_steps:
+            bar.set_postfix(loss=f"{float(per_position.mean()):.4f}", lr=f"{lr:.2e}")
+            logger.log(state.step, loss=per_position.mean(), lr=lr, grad_norm=grad_norm,
+                       per_position=per_position, epoch=state.step / steps_per_epoch)
+        if state.step % cfg.save_every == 0 or state.step == total_steps:
+            state.save(ckpt_path, latent_scale=latent_scale, train_config=cfg.to_dict())
+        last = state.step == total_steps
+        if data.tokenizer is not None and dist.is_main() and (
+                last or (cfg.sample_every and state.step % cfg.sample_every == 0)):
+            save_samples(generator, ema, data.tokenizer, latent_scale, tokens.shape[1],
+                         out / "samples" / f"step{state.step:07d}.png")
+    bar.close()
+    logger.close()
+    if not ckpt_path.is_file():
+        state.save(ckpt_path, latent_scale=latent_scale, train_config=cfg.to_dict())
+    return ckpt_path
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=sorted(GeneratorTrainConfig.PRESETS))
+    add_dataclass_args(parser, GeneratorTrainConfig)
+    args = parser.parse_args(argv)
+    cfg = GeneratorTrainConfig.preset(args.preset, **overrides_from_args(args, GeneratorTrainConfig))
+    try:
+        return train(cfg)
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()

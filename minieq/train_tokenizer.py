@@ -1,0 +1,268 @@
+"""Two-stage tokenizer training (paper Sec. 4.1, Table 6; reference-spec §2.4-2.5).
+
+    python -m minieq.train_tokenizer --preset tiny --out runs/tok                      # CPU, minutes
+    torchrun --nproc_per_node 8 -m minieq.train_tokenizer --preset paper \\
+        --data imagenet --data_path /data/imagenet --out runs/tok_stage1                 # stage 1
+    torchrun ... -m minieq.train_tokenizer --preset paper --stage 2 \\
+        --init runs/tok_stage1/checkpoint.pt --out runs/tok_stage2                      # stage 2
+
+Stage 1 trains encoder, decoder, quant layers and semantic head. Stage 2 copies the stage-1 EMA
+into the live weights and fine-tunes only the decoder and post_quant_layer, with the semantic
+weight 0 (Table 5 "+ decoder finetune"); its step counter restarts at 0, as in the official code.
+One loop step = one autoencoder update, then one discriminator update on the same
+reconstruction (the official Lightning loop runs the whole forward twice, §2.4).
+``--resume <checkpoint.pt>`` continues a run bit-exactly (optimizers, LR schedules, EMA,
+discriminator, data position and RNG are all in the checkpoint).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torchvision.utils import save_image
+
+from minieq import dist
+from minieq.checkpoint import build_model, load_state_strict, read_checkpoint
+from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
+from minieq.ema import EMA
+from minieq.logger import JsonlLogger, progress
+from minieq.losses import TokenizerLoss, TokenizerLossConfig
+from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
+from minieq.training import TrainState, batches_from, check_finite, warmup_step_decay
+from minieq.utils import autocast, seed_everything
+
+
+@dataclass
+class TokenizerTrainConfig(ConfigBase):
+    """One tokenizer run. Defaults are the paper's Table 6; where the official code differs the
+    comment says so (reference-spec §2.6)."""
+
+    tokenizer: str = "paper"  # TokenizerConfig preset
+    tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
+    loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
+    data: str = "imagenet"  # synthscapes | imagenet | places30 | lhq
+    data_path: Optional[str] = None
+    num_images: int = 8192  # SynthScapes only: training-set size
+    image_width: int = 256  # SynthScapes only (real data: square crops of the tokenizer height)
+    batch_size: int = 192  # global, over all ranks
+    steps: int = 330_000  # ≈ 50 epochs of ImageNet at batch 192
+    lr: float = 1.92e-4
+    beta1: float = 0.5
+    beta2: float = 0.9
+    warmup: int = 5000  # official: 3000
+    lr_decay_every: int = 30_000
+    lr_decay: float = 0.2
+    ema_decay: float = 0.9999  # official: 0.99 (LitEma default, never overridden)
+    ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as LitEma
+    grad_clip: float = 1.0  # official: not configured; 0 = off
+    stage: int = 1
+    init: Optional[str] = None  # stage 2: the stage-1 checkpoint
+    seed: int = 23
+    amp: bool = True  # bf16 autocast on CUDA (the DINO disc / DiffAug / losses stay fp32)
+    num_workers: int = 8
+    log_every: int = 50
+    image_every: int = 750
+    ckpt_every: int = 5000
+
+    PRESETS = {
+        "paper": {},
+        # CPU recipe for SynthScapes 32×128 (16 tokens). Offline only L1 + KL (+ PatchGAN) work;
+        # LPIPS / DINO / DINOv2 would need their weight files and are too slow on a CPU anyway.
+        "tiny": dict(tokenizer="tiny", data="synthscapes", num_images=4096, image_width=128,
+                     batch_size=16, steps=1500, lr=1e-3, warmup=50, lr_decay_every=600,
+                     lr_decay=0.5, ema_decay=0.99, grad_clip=1.0, seed=0, num_workers=0,
+                     log_every=25, image_every=250, ckpt_every=500,
+                     loss=dict(lpips_weight=0.0, disc_type="none", semantic_weight=0.0,
+                               reduction="mean")),
+    }
+
+    def __post_init__(self):
+        if isinstance(self.loss, dict):
+            self.loss = TokenizerLossConfig.from_dict(self.loss)
+        if self.stage not in (1, 2):
+            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+        if self.stage == 2 and not self.init:
+            raise ValueError("stage 2 needs --init <stage-1 checkpoint.pt>")
+
+
+def build_dataset(cfg: TokenizerTrainConfig, tok_config: TokenizerConfig):
+    """The training images: SynthScapes (rendered) or a real ImageFolder data set via minieq.data."""
+    from minieq import data as mdata
+
+    if cfg.data == "synthscapes":
+        return mdata.SynthScapes(cfg.num_images, height=tok_config.image_height,
+                                 width=cfg.image_width, seed=cfg.seed)
+    real = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
+    if cfg.data not in real:
+        raise ValueError(f"unknown data set {cfg.data!r}; choose synthscapes, {', '.join(real)}")
+    if not cfg.data_path:
+        raise ValueError(f"--data {cfg.data} needs --data_path (the data set's root folder)")
+    # Square crops of the tokenizer height, random crop + flip (reference-spec §2.4).
+    return real[cfg.data](cfg.data_path, split="train", resolution=tok_config.image_height)
+
+
+def set_trainable(tok: ColumnTokenizer, stage: int, semantic: bool) -> list[nn.Parameter]:
+    """Stage 1: everything (the semantic head only if its loss is on); stage 2: decoder +
+    post_quant_layer only (§2.5). Frozen parameters get requires_grad=False, so neither the
+    optimizer nor the EMA nor DDP sees them."""
+    tok.requires_grad_(stage == 1)
+    if stage == 2:
+        tok.decoder.requires_grad_(True)
+        tok.post_quant_layer.requires_grad_(True)
+    tok.semantic_decoder.requires_grad_(stage == 1 and semantic)
+    return [p for p in tok.parameters() if p.requires_grad]
+
+
+def _source_config(cfg: TokenizerTrainConfig, resume: str | None) -> tuple[dict | None, dict | None]:
+    """(tokenizer config dict, stage-1 checkpoint) from the resume file or the stage-2 init file."""
+    if resume:
+        return read_checkpoint(resume)["config"], None
+    if cfg.stage == 2:
+        init = read_checkpoint(cfg.init)
+        return init["config"], init
+    return None, None
+
+
+def save_recon_grid(x: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
+    """Rows: up to 8 originals, then their reconstructions."""
+    k = min(8, x.shape[0])
+    grid = torch.cat([x[:k], recon[:k]]).float().clamp(-1, 1) * 0.5 + 0.5
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid.cpu(), path, nrow=k, padding=1)
+
+
+def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = None,
+          device: str | torch.device | None = None, show_progress: bool = True) -> Path:
+    """Train a tokenizer; returns the path of ``out_dir/checkpoint.pt`` (EMA weights included)."""
+    device = dist.init_distributed() if device is None else torch.device(device)
+    world = dist.world_size()
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
+    out = Path(out_dir)
+    ckpt_path = out / "checkpoint.pt"
+    seed_everything(cfg.seed + dist.rank())
+
+    config_dict, init = _source_config(cfg, resume)
+    if config_dict is None:
+        tok = ColumnTokenizer(TokenizerConfig.preset(cfg.tokenizer, **cfg.tokenizer_overrides))
+    else:
+        tok = build_model("ColumnTokenizer", config_dict)
+    if init is not None:  # stage 2 starts from the stage-1 EMA weights (§2.5)
+        load_state_strict(tok, init.get("ema_state_dict") or init["state_dict"], where=cfg.init)
+    loss_cfg = cfg.loss if cfg.stage == 1 else cfg.loss.replace(semantic_weight=0.0)
+    loss_fn = TokenizerLoss(loss_cfg, tok.config.semantic_out_channels)
+    params = set_trainable(tok, cfg.stage, semantic=loss_fn.semantic_active(10 ** 12))
+    tok.to(device)
+    loss_fn.to(device)
+    disc = loss_fn.discriminator
+    if init is not None and disc is not None and "discriminator" in init:
+        load_state_strict(disc, init["discriminator"], where=f"{cfg.init} [discriminator]")
+
+    optimizers = {"ae": torch.optim.Adam(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))}
+    if disc is not None:
+        optimizers["disc"] = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    ema = EMA(tok, cfg.ema_decay, warmup=cfg.ema_warmup)
+    # The LR is a pure function of the step (set below), so there is no scheduler state to resume.
+    state = TrainState(tok, optimizers, ema=ema)
+    extras = {"discriminator": disc} if disc is not None else {}
+    if resume:
+        state.resume(resume, extra_modules=extras)
+
+    model, disc_ddp = tok, disc
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        # The semantic head is idle before semantic_start and the disc part before disc_start.
+        model = DDP(tok, device_ids=ids, find_unused_parameters=True)
+        disc_ddp = DDP(disc, device_ids=ids) if disc is not None else None
+
+    dataset = build_dataset(cfg, tok.config)
+    # A private generator for the DataLoader keeps its seed draw off the global RNG (exact resume).
+    batches = batches_from(dataset, cfg.batch_size // world, start_step=state.step, seed=cfg.seed,
+                           num_workers=cfg.num_workers, generator=torch.Generator(),
+                           pin_memory=device.type == "cuda")
+    logger = JsonlLogger(out / "metrics.jsonl")
+    bar = progress(total=cfg.steps, initial=state.step, desc=f"tokenizer stage {cfg.stage}",
+                   disable=not show_progress)
+    tok.train()
+    loss_fn.train()
+    while state.step < cfg.steps:
+        step, (x, _) = next(batches)
+        x = x.to(device, non_blocking=True)
+        # Both optimizers follow the warmup + step-decay schedule (Table 6). The official
+        # discriminator LR is constant; with disc_start ≥ warmup they agree until the first decay.
+        lr = cfg.lr * warmup_step_decay(step, cfg.warmup, cfg.lr_decay_every, cfg.lr_decay)
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+        with autocast(device, enabled=cfg.amp):
+            out_ = model(x, sample=True, semantic=loss_fn.semantic_active(step))
+        logs = loss_fn.generator_loss(x, out_, step, tok.last_layer_weight)
+        check_finite({"ae_loss": logs["loss"].detach()}, step, ckpt_path if ckpt_path.exists() else None)
+        optimizers["ae"].zero_grad(set_to_none=True)
+        logs["loss"].backward()
+        if cfg.grad_clip > 0:
+            logs["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        optimizers["ae"].step()
+        ema.update(tok)
+
+        if loss_fn.disc_active(step):
+            d_logs = loss_fn.discriminator_loss(x, out_.recon, step, disc=disc_ddp)
+            check_finite({"disc_loss": d_logs["disc_loss"].detach()}, step, ckpt_path if ckpt_path.exists() else None)
+            optimizers["disc"].zero_grad(set_to_none=True)
+            d_logs["disc_loss"].backward()
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(disc.parameters(), cfg.grad_clip)
+            optimizers["disc"].step()
+            logs.update(d_logs)
+        state.step = step + 1
+        bar.update(1)
+
+        if step % cfg.log_every == 0 or state.step == cfg.steps:
+            row = {k: dist.all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}
+            row["lr"] = lr
+            logger.log(step, **row)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", l1=f"{row['l1']:.3f}")
+        if cfg.image_every and step % cfg.image_every == 0 and dist.is_main():
+            save_recon_grid(x, out_.recon.detach(), out / "images" / f"recon_{step:07d}.png")
+        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+            state.save(ckpt_path, train_config=cfg.to_dict(), **_disc_state(disc))
+    bar.close()
+    logger.close()
+    if not ckpt_path.exists():  # steps already reached (e.g. resuming a finished run)
+        state.save(ckpt_path, train_config=cfg.to_dict(), **_disc_state(disc))
+    return ckpt_path
+
+
+def _disc_state(disc: nn.Module | None) -> dict:
+    return {"discriminator": {k: v.detach().cpu() for k, v in disc.state_dict().items()}} if disc else {}
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """CLI: ``--preset`` + ``--out`` + one flag per config field (see ``--help``)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=sorted(TokenizerTrainConfig.PRESETS))
+    parser.add_argument("--out", required=True, help="run folder (checkpoint.pt, metrics.jsonl, images/)")
+    parser.add_argument("--resume", default=None, help="checkpoint.pt of an interrupted run")
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
+    add_dataclass_args(parser, TokenizerTrainConfig)
+    add_dataclass_args(parser, TokenizerLossConfig)
+    args = parser.parse_args(argv)
+    cfg = TokenizerTrainConfig.preset(args.preset, **overrides_from_args(args, TokenizerTrainConfig))
+    cfg.loss = cfg.loss.replace(**overrides_from_args(args, TokenizerLossConfig))
+    try:
+        path = train(cfg, args.out, resume=args.resume, device=args.device)
+    finally:
+        dist.cleanup()
+    if dist.is_main():
+        print(f"saved {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,216 @@
+"""Pictures for the course and the README: image grids, panoramas, loss curves, and the
+token-by-token reconstruction of the paper's Fig. 2/8 (reference-spec §5).
+
+Images are float tensors in [-1, 1], shape (B, 3, H, W) or (3, H, W). Every function that
+returns a picture returns a uint8 numpy array (H, W, 3), which PIL, imageio and matplotlib
+all accept; ``show_images`` draws one in a notebook.
+Shape legend: B batch, N tokens, C token channels, H/W pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) or (3, H, W) in [-1, 1] → uint8 (B, H, W, 3) or (H, W, 3), clamped."""
+    if images.dim() not in (3, 4) or images.shape[-3] != 3:
+        raise ValueError(f"expected (B, 3, H, W) or (3, H, W) images, got {tuple(images.shape)}")
+    x = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).numpy()  # (..., 3, H, W) -> (..., H, W, 3)
+
+
+def image_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 255) -> np.ndarray:
+    """Tile images into one uint8 (H, W, 3) picture, ``nrow`` images per row.
+
+    :param images: a (B, 3, H, W) tensor, or a sequence of (3, H, W) tensors of equal size.
+    :param padding: pixels of ``pad_value`` (white by default) between and around tiles.
+    """
+    if isinstance(images, (list, tuple)):
+        images = torch.stack(list(images))
+    if images.dim() == 3:
+        images = images[None]
+    tiles = to_uint8(images)  # (B, H, W, 3)
+    b, h, w, _ = tiles.shape
+    ncol = max(1, min(nrow, b))
+    nrows = -(-b // ncol)  # ceil division
+    grid = np.full((nrows * (h + padding) + padding, ncol * (w + padding) + padding, 3),
+                   pad_value, dtype=np.uint8)
+    for i in range(b):
+        top = padding + (i // ncol) * (h + padding)
+        left = padding + (i % ncol) * (w + padding)
+        grid[top:top + h, left:left + w] = tiles[i]
+    return grid
+
+
+def save_image_grid(path: str | Path, images, nrow: int = 8, padding: int = 2) -> Path:
+    """Write :func:`image_grid` of ``images`` to ``path`` (PNG/JPEG by extension)."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow=nrow, padding=padding)).save(path)
+    return path
+
+
+def show_images(images, nrow: int = 8, title: str | None = None, zoom: float = 2.0,
+                dpi: int = 60):
+    """Draw images (a tensor batch, a single image, or a uint8 (H, W, 3) array) with matplotlib.
+
+    The figure is sized so that one image pixel is ``zoom`` screen pixels at ``dpi``; the
+    default keeps notebook outputs small. Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    picture = images if isinstance(images, np.ndarray) else image_grid(images, nrow=nrow)
+    h, w = picture.shape[:2]
+    fig, ax = plt.subplots(figsize=(w * zoom / dpi, h * zoom / dpi + (0.4 if title else 0)),
+                           dpi=dpi)
+    ax.imshow(picture, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    fig.tight_layout(pad=0.1)
+    return fig
+
+
+def reconstruction_grid(originals: torch.Tensor, recons: torch.Tensor,
+                        padding: int = 2) -> np.ndarray:
+    """One row per image: the original on the left, its reconstruction on the right."""
+    if originals.shape != recons.shape:
+        raise ValueError(f"originals {tuple(originals.shape)} and reconstructions "
+                         f"{tuple(recons.shape)} must have the same shape")
+    pairs = torch.stack([originals.cpu(), recons.detach().cpu()], dim=1)  # (B, 2, 3, H, W)
+    return image_grid(pairs.flatten(0, 1), nrow=2, padding=padding)  # (2B, 3, H, W) tiles
+
+
+def panorama(image: torch.Tensor, rows: int = 1, padding: int = 2) -> np.ndarray:
+    """A very wide image cut into ``rows`` consecutive pieces stacked top to bottom.
+
+    A 32×1024 strip is unreadable on one line; ``rows=4`` wraps it like text into four
+    32×256 lines (the last one is padded white if the width does not divide evenly).
+    """
+    if image.dim() == 4:
+        if image.shape[0] != 1:
+            raise ValueError(f"panorama takes one image, got a batch of {image.shape[0]}")
+        image = image[0]
+    width = image.shape[-1]
+    piece = -(-width // rows)  # ceil division
+    pieces = [image[..., i * piece:(i + 1) * piece] for i in range(rows)]
+    full = torch.ones(rows, *image.shape[:-1], piece)  # white background, (rows, 3, H, piece)
+    for i, p in enumerate(pieces):
+        full[i, ..., :p.shape[-1]] = p.cpu()
+    return image_grid(full, nrow=1, padding=padding)
+
+
+def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Random tokens at the scale of the real ones: per-channel mean and std of ``z``.
+
+    The official demo draws N(0, 1) tokens although real latents have std ≈ 18
+    (reference-spec §5 step 3), so its "random" columns are nearly constant; matching the
+    per-channel statistics of the encoded image makes them look like plausible content.
+    """
+    mean = z.mean(dim=1, keepdim=True)  # (1, 1, C), over the N tokens
+    std = z.std(dim=1, keepdim=True)  # (1, 1, C)
+    eps = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
+    return mean + std * eps
+
+
+@torch.no_grad()
+def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | None = None,
+                          sample: bool = False, generator: torch.Generator | None = None,
+                          batch_size: int = 8) -> list[torch.Tensor]:
+    """Paper Fig. 2/8: replace random tokens by the image's tokens one column at a time.
+
+    Encode ``image`` to N tokens, then for k = 0..N decode the sequence whose first k tokens
+    are the true ones and whose last N − k are ``noise``. Frame 0 is decode(noise) and frame
+    N is decode(encode(image)). Because each token mostly describes its own column
+    (reference-spec §1.9), the image appears left to right, strip by strip.
+
+    :param tokenizer: a ColumnTokenizer (its device is used; it is run in eval mode).
+    :param image: (3, H, W) or (1, 3, H, W) in [-1, 1].
+    :param noise: (1, N, C) or (N, C) random tokens; None draws them at the latents' own
+        per-channel mean/std (not N(0, 1) as in the official demo, see ``_latent_scale_noise``).
+    :param sample: use the σ-VAE noisy sample of the posterior instead of its mean.
+    :param generator: CPU torch.Generator for the random tokens (and σ-VAE noise).
+    :param batch_size: frames decoded per forward pass (bounds memory at paper size).
+    :return: N + 1 frames, each (3, H, W) on the CPU, clamped to [-1, 1].
+    """
+    if image.dim() == 3:
+        image = image[None]
+    if image.dim() != 4 or image.shape[0] != 1:
+        raise ValueError(f"token_by_token_frames takes one image, got {tuple(image.shape)}")
+    device = next(tokenizer.parameters()).device
+    was_training = tokenizer.training
+    tokenizer.eval()
+    try:
+        # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses (§5 step 3).
+        z = tokenizer.encode(image.to(device), sample=sample, generator=generator)
+        if noise is None:
+            noise = _latent_scale_noise(z, generator)
+        noise = noise.reshape(z.shape).to(device, z.dtype)  # (N, C) or (1, N, C) -> (1, N, C)
+        n = z.shape[1]
+        # Row k keeps the first k true tokens: (N + 1, N, C).
+        keep = torch.arange(n, device=device)[None, :] < torch.arange(n + 1, device=device)[:, None]
+        mixed = torch.where(keep[..., None], z, noise)
+        frames = [tokenizer.decode(chunk).clamp(-1, 1).cpu()
+                  for chunk in mixed.split(batch_size)]
+    finally:
+        tokenizer.train(was_training)
+    return list(torch.cat(frames))
+
+
+def frames_strip(frames: Sequence[torch.Tensor], padding: int = 2) -> np.ndarray:
+    """All frames stacked top to bottom in one tall uint8 picture (the paper's Fig. 2 layout)."""
+    return image_grid(list(frames), nrow=1, padding=padding)
+
+
+def save_gif(frames: Sequence[torch.Tensor], path: str | Path, fps: float = 6,
+             hold_last: float = 1.0) -> Path:
+    """Write frames as a looping GIF at ``fps``; the last frame stays on screen ``hold_last``
+    extra seconds so that the finished reconstruction can be looked at."""
+    import imageio.v2 as imageio
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    step_ms = 1000 / fps
+    durations = [step_ms] * (len(frames) - 1) + [step_ms + 1000 * hold_last]  # ms per frame
+    imageio.mimsave(path, [to_uint8(f) for f in frames], duration=durations, loop=0)
+    return path
+
+
+def plot_loss_curves(rows: Sequence[dict], keys: Sequence[str], smooth: float = 0.0,
+                     logy: bool = False, ax=None, dpi: int = 60):
+    """Plot ``keys`` from metric rows (``minieq.logger.read_jsonl``) against their ``step``.
+
+    Rows that lack a key (or hold a non-finite value) are skipped for that key.
+    :param smooth: exponential-moving-average factor in [0, 1) applied to each curve.
+    :return: the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+
+    if not 0.0 <= smooth < 1.0:
+        raise ValueError(f"smooth must be in [0, 1), got {smooth}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(6, 3), dpi=dpi)
+    for key in keys:
+        points = [(r["step"], r[key]) for r in rows
+                  if isinstance(r.get(key), (int, float)) and np.isfinite(r[key])]
+        if not points:
+            continue
+        steps, values = map(np.asarray, zip(*points))
+        if smooth > 0:
+            ema = values.astype(float).copy()
+            for i in range(1, len(ema)):
+                ema[i] = smooth * ema[i - 1] + (1 - smooth) * values[i]
+            values = ema
+        ax.plot(steps, values, label=key)
+    ax.set_xlabel("step")
+    if logy:
+        ax.set_yscale("log")
+    ax.legend()
+    ax.figure.tight_layout()
+    return ax.figure

@@ -1,0 +1,57 @@
+"""PSNR / SSIM properties and the offline behaviour of LPIPS and rFID."""
+import math
+
+import pytest
+import torch
+
+from minieq import metrics
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.delenv("MINIEQ_WEIGHTS_DIR", raising=False)
+    monkeypatch.setattr(metrics, "_LPIPS_CACHE", {})
+    return tmp_path
+
+
+def images(b=3, h=32, w=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 3, h, w, generator=g) * 2 - 1
+
+
+def test_psnr_identical_is_inf_and_known_noise_level():
+    x = images()
+    assert torch.isinf(metrics.psnr(x, x)).all()
+    # An offset of 0.1 in [-1, 1] is 0.05 in [0, 1]: MSE 0.0025 -> 10·log10(400) dB.
+    value = metrics.psnr(x, x + 0.1)
+    assert value.shape == (3,)
+    torch.testing.assert_close(value, torch.full((3,), 10 * math.log10(400)))
+    noisy = metrics.psnr(x, x + 0.2 * torch.randn_like(x))
+    assert torch.all(noisy < value)
+
+
+def test_ssim_properties():
+    x = images()
+    torch.testing.assert_close(metrics.ssim(x, x), torch.ones(3))
+    slightly = metrics.ssim(x, (x + 0.05 * torch.randn_like(x)).clamp(-1, 1))
+    heavily = metrics.ssim(x, (x + 0.5 * torch.randn_like(x)).clamp(-1, 1))
+    assert slightly.shape == (3,) and torch.all(heavily < slightly) and torch.all(slightly < 1)
+    assert torch.all(metrics.ssim(x, -x) < 0.1)  # inverted contrast is structurally dissimilar
+    # Per image: changing image 0 only changes its own score.
+    y = x.clone()
+    y[0] = -y[0]
+    s = metrics.ssim(x, y)
+    assert s[0] < 0.1 and torch.allclose(s[1:], torch.ones(2))
+    # A brightness shift keeps structure: SSIM stays high (unlike PSNR, which drops).
+    assert torch.all(metrics.ssim(x, x * 0.5 + 0.2) > 0.5)
+
+
+def test_lpips_and_rfid_say_why_they_are_off(offline, capsys, tmp_path):
+    x = images()
+    assert metrics.lpips_distance(x, x) is None
+    assert "LPIPS metric off: vgg16-397923af.pth not found" in capsys.readouterr().out
+    out = metrics.reconstruction_metrics(x, x)
+    assert out["psnr"] == math.inf and out["ssim"] == pytest.approx(1.0) and "lpips" not in out
+    assert metrics.rfid(tmp_path, tmp_path) is None
+    assert "rFID off" in capsys.readouterr().out

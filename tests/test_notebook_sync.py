@@ -1,0 +1,58 @@
+"""notebooks/ (exercises) and solutions/ are twins: same cells except the exercise code cells.
+
+An exercise cell is a code cell of the notebooks/ version containing "# TODO" and a "..."
+placeholder; every other cell must be identical in both. Exercise notebooks carry no outputs;
+solution outputs stay small (each file < 1.5 MB).
+"""
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+EXERCISES, SOLUTIONS = REPO / "notebooks", REPO / "solutions"
+MAX_BYTES = 1_500_000
+NAMES = sorted({p.name for p in EXERCISES.glob("*.ipynb")} | {p.name for p in SOLUTIONS.glob("*.ipynb")})
+
+
+def _is_exercise(cell) -> bool:
+    return cell.cell_type == "code" and "# TODO" in cell.source and "..." in cell.source
+
+
+def test_there_are_notebooks():
+    if not NAMES:
+        pytest.skip("no notebooks yet")
+    assert (EXERCISES / NAMES[0]).parent.is_dir()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_twins_exist_and_match(name):
+    assert (EXERCISES / name).is_file(), f"solutions/{name} has no notebooks/ twin"
+    assert (SOLUTIONS / name).is_file(), f"notebooks/{name} has no solutions/ twin"
+    exercise = nbformat.read(EXERCISES / name, as_version=4)
+    solution = nbformat.read(SOLUTIONS / name, as_version=4)
+    ex_types = [c.cell_type for c in exercise.cells]
+    sol_types = [c.cell_type for c in solution.cells]
+    assert ex_types == sol_types, f"{name}: cell count/order/types differ:\n{ex_types}\n{sol_types}"
+    for i, (ex, sol) in enumerate(zip(exercise.cells, solution.cells)):
+        if _is_exercise(ex):
+            assert ex.source != sol.source, f"{name} cell {i}: the exercise equals its solution"
+        else:
+            assert ex.source == sol.source, f"{name} cell {i} differs between notebooks/ and solutions/"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_exercise_notebooks_have_no_outputs(name):
+    if not (EXERCISES / name).is_file():
+        pytest.skip(f"notebooks/{name} missing (reported by test_twins_exist_and_match)")
+    notebook = nbformat.read(EXERCISES / name, as_version=4)
+    with_outputs = [i for i, c in enumerate(notebook.cells) if c.cell_type == "code" and c.outputs]
+    assert not with_outputs, f"notebooks/{name}: cells {with_outputs} have outputs (strip them)"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_files_are_small(name):
+    for folder in (EXERCISES, SOLUTIONS):
+        if (folder / name).is_file():
+            size = (folder / name).stat().st_size
+            assert size < MAX_BYTES, f"{folder.name}/{name} is {size / 1e6:.2f} MB (limit 1.5 MB)"

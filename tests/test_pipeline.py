@@ -1,0 +1,127 @@
+"""Pipeline (labels → images at any width), checkpoint loading and the sampling CLI."""
+import pytest
+import torch
+from PIL import Image
+
+from minieq.checkpoint import CheckpointError, save_checkpoint
+from minieq.generator import Generator, GeneratorConfig
+from minieq.pipeline import Pipeline, compute_latent_scale
+from minieq.sample import main as sample_main
+from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
+
+MICRO = dict(embed_dim=32, depth=2, num_heads=2, head_width=32, head_depth=1, num_sampling_steps=2)
+SCALE = 0.3
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    torch.manual_seed(0)
+    return Pipeline(ColumnTokenizer(TokenizerConfig.preset("tiny")),
+                    Generator(GeneratorConfig.preset("tiny", **MICRO)), SCALE)
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, pipe):
+    folder = tmp_path_factory.mktemp("ckpt")
+    tok, gen = folder / "tok.pt", folder / "gen.pt"
+    save_checkpoint(tok, pipe.tokenizer)
+    save_checkpoint(gen, pipe.generator, latent_scale=SCALE)
+    return tok, gen
+
+
+def test_generate_any_width_and_batch_of_one(pipe):
+    images = pipe.generate([3], width=16, seed=0)
+    assert images.shape == (1, 3, 32, 16)
+    images = pipe.generate(torch.tensor([0, 7]), width=24, cfg=2.0, seed=0)
+    assert images.shape == (2, 3, 32, 24)
+    assert images.min() >= -1 and images.max() <= 1
+    assert pipe.generate([1], seed=0).shape[-1] == 16 * 8  # default: 16 tokens
+
+
+def test_long_images_use_the_bounded_memory_decode(pipe, monkeypatch):
+    calls = []
+    real = pipe.tokenizer.decode_long
+    monkeypatch.setattr(pipe.tokenizer, "decode_long", lambda z, **kw: calls.append(z.shape) or real(z, **kw))
+    images = pipe.generate([2], width=8 * 70, seed=0)
+    assert images.shape == (1, 3, 32, 560) and calls == [(1, 70, 16)]
+
+
+def test_seed_makes_samples_reproducible(pipe):
+    a = pipe.generate([1, 2], width=32, seed=7)
+    assert torch.equal(a, pipe.generate([1, 2], width=32, seed=7))
+    assert not torch.equal(a, pipe.generate([1, 2], width=32, seed=8))
+
+
+def test_decode_divides_by_the_latent_scale(pipe):
+    tokens = torch.randn(1, 4, 16)
+    expected = pipe.tokenizer.decode(tokens / SCALE).clamp(-1, 1)
+    torch.testing.assert_close(pipe.decode(tokens), expected)
+
+
+@pytest.mark.parametrize("width", [8, 12, 0])
+def test_bad_width_is_a_clear_error(pipe, width):
+    with pytest.raises(ValueError, match="multiple of the column width 8"):
+        pipe.generate([0], width=width)
+
+
+def test_bad_labels_are_a_clear_error(pipe):
+    with pytest.raises(ValueError, match=r"\[0, 8\)"):
+        pipe.generate([8], width=16)
+
+
+def test_regenerate_keeps_the_chosen_tokens(pipe):
+    tokens = pipe.sample_tokens([4], 6, seed=0)
+    keep = torch.tensor([True, True, False, True, False, False])
+    images, new = pipe.regenerate(tokens, keep, [4], seed=1)
+    assert images.shape == (1, 3, 32, 48)
+    assert torch.equal(new[:, keep], tokens[:, keep])
+    assert not torch.equal(new[:, ~keep], tokens[:, ~keep])
+
+
+def test_continue_extends_an_image(pipe):
+    start = pipe.generate([5], width=24, seed=0)
+    longer = pipe.continue_(start, [5], width=48, seed=0)
+    assert longer.shape == (1, 3, 32, 48)
+    with pytest.raises(ValueError, match="exceed"):
+        pipe.continue_(start, [5], width=24)
+
+
+def test_from_checkpoints_restores_the_scale(checkpoints, pipe):
+    tok, gen = checkpoints
+    loaded = Pipeline.from_checkpoints(tok, gen)
+    assert loaded.latent_scale == SCALE
+    torch.testing.assert_close(loaded.generate([3], width=16, seed=0), pipe.generate([3], width=16, seed=0))
+    with pytest.raises(CheckpointError, match="swapped"):
+        Pipeline.from_checkpoints(gen, gen)
+    with pytest.raises(CheckpointError, match="latent_scale"):
+        Pipeline.from_checkpoints(tok, tok)
+
+
+def test_sample_cli_writes_panorama_and_grid(checkpoints, tmp_path):
+    tok, gen = checkpoints
+    out = sample_main(["--tokenizer", str(tok), "--generator", str(gen), "--classes", "0", "3", "5",
+                       "--width", "64", "--cfg", "3", "--seed", "0", "--out", str(tmp_path / "rows.png")])
+    assert Image.open(out).size == (64 + 4, 3 * 34 + 2)  # one image per row, 2 px padding
+    out = sample_main(["--tokenizer", str(tok), "--generator", str(gen), "--classes", "1", "2", "3", "4",
+                       "--width", "16", "--grid", "--out", str(tmp_path / "grid.png")])
+    assert Image.open(out).size == (2 * 18 + 2, 2 * 34 + 2)
+    out = sample_main(["--tokenizer", str(tok), "--generator", str(gen), "--classes", "6",
+                       "--width", "16", "--out", str(tmp_path / "one.png")])
+    assert Image.open(out).size == (20, 36)
+
+
+def test_sample_cli_refuses_missing_checkpoints(checkpoints, tmp_path, capsys):
+    tok, _ = checkpoints
+    with pytest.raises(SystemExit):
+        sample_main(["--tokenizer", str(tok), "--generator", str(tmp_path / "nope.pt"), "--classes", "0"])
+    assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample_main(["--tokenizer", str(tok), "--generator", str(tok), "--classes", "0", "--width", "20"])
+
+
+def test_compute_latent_scale_accepts_a_dataset():
+    means = 3 * torch.randn(10, 4, 16)
+    dataset = [(m, 0) for m in means]
+    assert compute_latent_scale(dataset) == compute_latent_scale(means)
+    with pytest.raises(ValueError, match="posterior means"):
+        compute_latent_scale(torch.randn(4, 16))

@@ -1,0 +1,212 @@
+"""Column tokenizer: shapes, sizes, input errors, σ-VAE draw, grid layout, long decode, checkpoints."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from minieq import (ColumnTokenizer, TokenizerConfig, load_checkpoint, sigma_vae_sample,
+                    save_checkpoint)
+from minieq.tokenizer_blocks import pixel_shuffle, pixel_unshuffle
+from minieq.utils import count_parameters
+
+GOLDEN_PARAMS = {  # the official model.params of the parity fixture (shared/golden/public_config.json)
+    "embed_dim": 8, "post_channels": 128, "std": 2.5,
+    "ddconfig": {"double_enc": False, "z_channels": 8, "resolution": 256, "in_channels": 3,
+                 "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2, 2, 2], "num_res_blocks": 1,
+                 "dropout": 0.0, "attn_resolutions": [16], "len_down_scale": 4,
+                 "semantic_map": "res"},
+    "sematicconfig": {"z_channels": 8, "resolution": 256, "in_channels": 3, "out_ch": 96,
+                      "ch": 32, "ch_mult": [2, 3], "num_res_blocks": 1, "dropout": 0.0,
+                      "attn_resolutions": [], "downsample_scale": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    torch.manual_seed(0)
+    return ColumnTokenizer(TokenizerConfig.preset("tiny")).eval()
+
+
+def images(n_tokens, batch=2, cfg=None, seed=1):
+    cfg = cfg or TokenizerConfig.preset("tiny")
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, cfg.image_height, n_tokens * cfg.column_width, generator=g) * 2 - 1
+
+
+def test_tiny_preset_sizes():
+    cfg = TokenizerConfig.preset("tiny")
+    assert (cfg.image_height, cfg.column_width, cfg.embed_dim) == (32, 8, 16)
+    assert (cfg.final_height, cfg.post_channels) == (4, 32)
+    paper = TokenizerConfig.preset("paper")
+    assert (paper.image_height, paper.column_width, paper.embed_dim) == (256, 16, 256)
+    assert paper.post_channels == 4096
+
+
+@torch.no_grad()
+def test_encode_decode_reconstruct_shapes(tok):
+    x = images(16)
+    z = tok.encode(x)
+    assert z.shape == (2, 16, 16)
+    assert tok.decode(z).shape == x.shape
+    out = tok.reconstruct(x, sample=True, semantic=True)
+    assert out.recon.shape == x.shape and out.mean.shape == out.tokens.shape == z.shape
+    assert torch.allclose(out.mean, z)
+    assert not torch.allclose(out.tokens, out.mean)  # a σ-VAE draw was decoded
+    assert out.semantic.shape == (2, 64, 4, 16)
+    plain = tok.reconstruct(x, sample=False)
+    assert plain.semantic is None and torch.equal(plain.tokens, plain.mean)
+    assert torch.allclose(plain.recon, tok.decode(z), atol=1e-6)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("n", [2, 3, 7, 40])
+def test_decode_any_length(tok, n):
+    z = tok.encode(images(4))  # decode more (or fewer) tokens than were encoded
+    z = z.repeat(1, n // 4 + 1, 1)[:, :n]
+    assert tok.decode(z).shape == (2, 3, 32, 8 * n)
+
+
+@torch.no_grad()
+def test_bad_inputs_raise_clear_errors(tok):
+    with pytest.raises(ValueError, match="height"):
+        tok.encode(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(ValueError, match="multiple of the column width"):
+        tok.encode(torch.zeros(1, 3, 32, 60))
+    with pytest.raises(ValueError, match="two tokens"):
+        tok.encode(torch.zeros(1, 3, 32, 8))
+    with pytest.raises(ValueError, match="expects images"):
+        tok.encode(torch.zeros(3, 32, 64))
+    with pytest.raises(ValueError, match="at least 2"):
+        tok.decode(torch.zeros(1, 1, 16))
+    with pytest.raises(ValueError, match="expects tokens"):
+        tok.decode(torch.zeros(1, 4, 15))
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(num_groups=7), "num_groups"),
+    (dict(len_down_scale=4), "len_down_scale"),
+    (dict(image_height=36), "image_height"),
+    (dict(layout="grid", len_down_scale=2), "grid layout"),
+    (dict(semantic_ch=16), "semantic_ch"),
+    (dict(semantic_map="top"), "semantic_map"),
+])
+def test_inconsistent_config_raises(change, message):
+    with pytest.raises(ValueError, match=message):
+        TokenizerConfig.preset("tiny", **change)
+
+
+def test_paper_parameter_counts_match_the_official_model():
+    with torch.device("meta"):
+        model = ColumnTokenizer(TokenizerConfig.preset("paper"))
+    counts = {name: count_parameters(getattr(model, name)) for name in
+              ("encoder", "quant_layer", "post_quant_layer", "decoder", "semantic_decoder")}
+    assert counts == {"encoder": 86_050_816, "quant_layer": 3_145_984,
+                      "post_quant_layer": 3_149_824, "decoder": 121_548_547,
+                      "semantic_decoder": 67_663_360}  # reference-spec §1.10
+    assert count_parameters(model) - counts["semantic_decoder"] == 213_895_171  # 213.9 M
+    assert model.encoder.encoder1d.weight.shape == (4096, 4096, 3)
+    assert model.last_layer_weight is model.decoder.conv_out.weight
+
+
+def test_from_official_builds_the_golden_config():
+    cfg = TokenizerConfig.from_official(GOLDEN_PARAMS)
+    assert (cfg.column_width, cfg.final_height, cfg.post_channels) == (16, 16, 128)
+    assert (cfg.semantic_out_channels, cfg.noise_std) == (96, 2.5)
+    with torch.device("meta"):
+        state = ColumnTokenizer(cfg).state_dict()
+    assert state["semantic_decoder.down.0.block.0.conv1.weight"].shape == (96, 64, 3, 3)
+    assert state["decoder.up.1.upsample.conv.conv.weight"].shape == (128, 32, 3, 3)
+    with pytest.raises(ValueError, match="post_channels"):
+        TokenizerConfig.from_official({**GOLDEN_PARAMS, "post_channels": 256})
+
+
+def test_sigma_vae_sample_statistics():
+    g = torch.Generator().manual_seed(0)
+    mean = torch.zeros(2000, 2, 2048)
+    noise = sigma_vae_sample(mean, std=2.5, generator=g)
+    # One scalar per sample: the noise std of the two halves of a sample agree.
+    first, second = noise[:, 0].std(dim=1), noise[:, 1].std(dim=1)
+    assert torch.corrcoef(torch.stack([first, second]))[0, 1] > 0.99
+    scale = noise.flatten(1).std(dim=1)
+    assert scale.max() < 2.5 * 1.06  # clamped at the bound (std estimates are ±1 %)
+    assert abs((scale > 2.44).float().mean().item() - 0.42) < 0.04  # P(|N(0,1)| ≥ 0.8) ≈ 0.424
+    assert abs(noise.std().item() - 1.94) < 0.05  # reference-spec §1.5
+    shifted = sigma_vae_sample(mean + 3.0, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(shifted - 3.0, noise, atol=1e-5)
+
+
+def test_kl_is_half_sum_of_squares(tok):
+    mean = torch.randn(3, 5, 16)
+    assert torch.allclose(tok.kl(mean), 0.5 * (mean ** 2).sum(dim=(1, 2)))
+
+
+def test_sampled_encode_is_reproducible(tok):
+    x = images(4)
+    with torch.no_grad():
+        a = tok.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+        b = tok.encode(x, sample=True, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not torch.allclose(a, tok.encode(x))
+
+
+def test_pixel_shuffles_match_torch_and_invert():
+    x = torch.randn(2, 8, 6, 4)
+    assert torch.equal(pixel_unshuffle(x, (2, 2)), F.pixel_unshuffle(x, 2))
+    assert torch.equal(pixel_shuffle(pixel_unshuffle(x, (2, 2)), (2, 2)), x)
+    y = pixel_unshuffle(x, (2, 1))
+    assert y.shape == (2, 16, 3, 4) and torch.equal(y[:, 1::2], x[:, :, 1::2])
+    assert torch.equal(pixel_shuffle(y, (2, 1)), x)
+
+
+def test_semantic_dead_blocks_are_frozen_and_unused(tok):
+    cfg = tok.config
+    dead = tok.semantic_decoder.down[0].block[cfg.semantic_num_res_blocks]
+    assert not any(p.requires_grad for p in dead.parameters())
+    tok.semantic_decoder.requires_grad_(True)  # asking to train the head keeps them frozen
+    assert not any(p.requires_grad for p in dead.parameters())
+    assert all(p.requires_grad for p in tok.semantic_decoder.conv_out.parameters())
+    x = images(4)
+    with torch.no_grad():
+        before = tok.reconstruct(x, sample=False, semantic=True).semantic
+        for p in dead.parameters():
+            p.add_(1.0)
+        after = tok.reconstruct(x, sample=False, semantic=True).semantic
+        for p in dead.parameters():
+            p.sub_(1.0)
+    assert torch.equal(before, after)
+
+
+@torch.no_grad()
+def test_grid_layout_shapes():
+    torch.manual_seed(0)
+    grid = ColumnTokenizer(TokenizerConfig.preset("tiny", layout="grid")).eval()
+    x = images(16)  # 32 × 128 → a 4 × 16 map → 64 tokens in raster order
+    z = grid.encode(x)
+    assert z.shape == (2, 4 * 16, 16)
+    assert grid.decode(z).shape == x.shape
+    assert grid.decode(z[:, : 4 * 3]).shape == (2, 3, 32, 24)  # the first 3 map columns of each row
+    with pytest.raises(ValueError, match="raster-order rows"):
+        grid.decode(z[:, :10])
+    assert grid.reconstruct(x, semantic=True).semantic.shape == (2, 64, 4, 16)
+
+
+@torch.no_grad()
+def test_decode_long_matches_full_decode(tok):
+    z = tok.encode(images(40, batch=1))
+    full = tok.decode(z)
+    assert torch.equal(tok.decode_long(z, tile=32, overlap=8), full)  # one window = exact
+    tiled = tok.decode_long(z, tile=8, overlap=8)
+    assert tiled.shape == full.shape
+    # Not exact (global GroupNorm + attention); measured 3.4e-2 for this random tiny model.
+    assert ((tiled - full).abs().max() / full.abs().max()).item() < 5e-2
+    with pytest.raises(ValueError, match="tile"):
+        tok.decode_long(z, tile=0, overlap=4)
+
+
+def test_checkpoint_round_trip(tmp_path, tok):
+    path = save_checkpoint(tmp_path / "tok.pt", tok)
+    loaded = load_checkpoint(path)
+    assert isinstance(loaded, ColumnTokenizer) and loaded.config == tok.config
+    x = images(4)
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), tok.encode(x))
+    grid = ColumnTokenizer(TokenizerConfig.preset("tiny", layout="grid"))
+    assert load_checkpoint(save_checkpoint(tmp_path / "grid.pt", grid)).config.layout == "grid"

@@ -1,0 +1,124 @@
+"""Visualisation helpers: grid shapes, GIF round trip, and the token-by-token frames (Fig. 2/8)."""
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import torch
+
+from minieq import viz
+from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer():
+    torch.manual_seed(0)
+    return ColumnTokenizer(TokenizerConfig.preset("tiny")).eval()
+
+
+def _image(width=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(3, 32, width, generator=g) * 2 - 1
+
+
+def test_to_uint8_maps_range_and_layout():
+    x = torch.tensor([-1.0, 0.0, 1.0, 3.0]).reshape(1, 1, 4).expand(3, 1, 4)
+    out = viz.to_uint8(x)
+    assert out.shape == (1, 4, 3) and out.dtype == np.uint8
+    assert out[0, :, 0].tolist() == [0, 128, 255, 255]  # 0 -> 127.5 rounds to 128; 3 clamps
+    with pytest.raises(ValueError, match="3, H, W"):
+        viz.to_uint8(torch.zeros(2, 4, 4))
+
+
+def test_image_grid_shape_and_placement():
+    images = torch.stack([torch.full((3, 4, 6), v) for v in (-1.0, 0.0, 1.0)])  # 3 images 4x6
+    grid = viz.image_grid(images, nrow=2, padding=1)
+    assert grid.shape == (2 * (4 + 1) + 1, 2 * (6 + 1) + 1, 3) and grid.dtype == np.uint8
+    assert (grid[1:5, 1:7] == 0).all()  # first image: black, top left
+    assert (grid[1:5, 8:14] == 128).all()  # second: grey, top right
+    assert (grid[6:10, 1:7] == 255).all()  # third: white, bottom left
+    assert (grid[6:10, 8:14] == 255).all()  # empty slot stays the white padding colour
+    assert viz.image_grid(list(images), nrow=8, padding=0).shape == (4, 18, 3)
+
+
+def test_save_image_grid_writes_png(tmp_path):
+    from PIL import Image
+
+    path = viz.save_image_grid(tmp_path / "sub" / "grid.png", torch.zeros(4, 3, 8, 8), nrow=2)
+    assert Image.open(path).size == (2 * 10 + 2, 2 * 10 + 2)  # (width, height)
+
+
+def test_reconstruction_grid_pairs_and_panorama():
+    originals, recons = -torch.ones(3, 3, 4, 8), torch.ones(3, 3, 4, 8)
+    grid = viz.reconstruction_grid(originals, recons, padding=0)
+    assert grid.shape == (12, 16, 3)
+    assert (grid[:, :8] == 0).all() and (grid[:, 8:] == 255).all()  # original | reconstruction
+    with pytest.raises(ValueError, match="same shape"):
+        viz.reconstruction_grid(originals, recons[:2])
+    wide = torch.linspace(-1, 1, 40).expand(3, 4, 40)
+    pano = viz.panorama(wide, rows=3, padding=0)  # 40 px wrapped into 3 lines of 14
+    assert pano.shape == (12, 14, 3)
+    assert (pano[8:, 12:] == 255).all()  # the last line is padded white
+    np.testing.assert_array_equal(pano[4:8, :14], viz.to_uint8(wide[..., 14:28]))
+
+
+def test_token_by_token_frames(tiny_tokenizer):
+    tok = tiny_tokenizer
+    image = _image(width=6 * tok.config.column_width)
+    with torch.no_grad():
+        z = tok.encode(image[None])  # (1, N, C)
+    n = z.shape[1]
+    noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(1)) * z.std()
+    frames = viz.token_by_token_frames(tok, image, noise=noise, batch_size=4)
+    assert len(frames) == n + 1
+    assert all(f.shape == image.shape for f in frames)
+    with torch.no_grad():
+        first, last = tok.decode(noise).clamp(-1, 1)[0], tok.decode(z).clamp(-1, 1)[0]
+    torch.testing.assert_close(frames[0], first, atol=1e-4, rtol=0)
+    torch.testing.assert_close(frames[-1], last, atol=1e-4, rtol=0)
+    # Intermediate frames differ from both ends (the replacement really is progressive).
+    assert (frames[n // 2] - first).abs().max() > 1e-3
+    assert (frames[n // 2] - last).abs().max() > 1e-3
+
+
+def test_default_noise_matches_latent_scale(tiny_tokenizer):
+    z = torch.randn(1, 200, 16) * 18 + 3
+    noise = viz._latent_scale_noise(z, torch.Generator().manual_seed(0))
+    assert noise.shape == z.shape
+    torch.testing.assert_close(noise.std(dim=1), z.std(dim=1), atol=3.0, rtol=0)
+    image = _image(width=4 * tiny_tokenizer.config.column_width)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    a = viz.token_by_token_frames(tiny_tokenizer, image, generator=g1)
+    b = viz.token_by_token_frames(tiny_tokenizer, image, generator=g2)
+    assert len(a) == 5
+    torch.testing.assert_close(torch.stack(a), torch.stack(b))  # reproducible via generator
+
+
+def test_gif_and_strip(tmp_path):
+    from PIL import Image
+
+    frames = [torch.full((3, 8, 16), v) for v in (-1.0, 0.0, 1.0)]
+    path = viz.save_gif(frames, tmp_path / "tbt.gif", fps=5, hold_last=1.0)
+    read = imageio.mimread(path)
+    assert len(read) == 3 and read[0].shape[:2] == (8, 16)
+    with Image.open(path) as gif:
+        durations = []
+        for i in range(gif.n_frames):
+            gif.seek(i)
+            durations.append(gif.info["duration"])
+    assert durations == [200, 200, 1200]  # 5 fps, the last frame held one more second
+    assert abs(int(read[0][..., :3].mean()) - 0) <= 1 and abs(int(read[-1][..., :3].mean()) - 255) <= 1
+    strip = viz.frames_strip(frames, padding=1)
+    assert strip.shape == (3 * 9 + 1, 18, 3)
+
+
+def test_plot_loss_curves_skips_missing_values():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [{"step": 0, "l1": 1.0}, {"step": 1, "l1": 0.5, "kl": "nan"}, {"step": 2, "kl": 2.0}]
+    fig = viz.plot_loss_curves(rows, ["l1", "kl", "absent"], smooth=0.5)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert set(lines) == {"l1", "kl"}
+    assert lines["l1"].get_xdata().tolist() == [0, 1]
+    assert lines["l1"].get_ydata().tolist() == [1.0, 0.75]  # EMA with factor 0.5
+    with pytest.raises(ValueError, match="smooth"):
+        viz.plot_loss_curves(rows, ["l1"], smooth=1.0)
