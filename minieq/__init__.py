@@ -11,10 +11,8 @@ from minieq.data import (SYNTHSCAPES_CLASSES, LatentDataset, SynthScapes, check_
 # --- tokenizer (tokenizer.py, official.py) ---
 from minieq.official_tokenizer import load_official_tokenizer
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig, TokenizerOutput, sigma_vae_sample
-from minieq.cache_latents import cache_latents
 from minieq.losses import TokenizerLoss, TokenizerLossConfig
 from minieq.metrics import psnr, ssim
-from minieq.train_tokenizer import TokenizerTrainConfig
 # --- generator (generator.py, flow.py, attention.py) ---
 from minieq.generator import Generator, GeneratorConfig
 from minieq.official_generator import load_official_generator

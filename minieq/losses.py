@@ -20,6 +20,7 @@ a file is missing the term is switched off with ONE printed line saying which an
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional
 
@@ -210,16 +211,14 @@ class TokenizerLoss(nn.Module):
         return {"disc_loss": hinge, "logits_real": real.mean().detach(), "logits_fake": fake.mean().detach()}
 
 
-class _no_param_grads:
-    """Context: the module's parameters need no gradient (the generator step must not train D)."""
-
-    def __init__(self, module: nn.Module):
-        self.params = [p for p in module.parameters() if p.requires_grad]
-
-    def __enter__(self):
-        for p in self.params:
-            p.requires_grad_(False)
-
-    def __exit__(self, *exc):
-        for p in self.params:
+@contextlib.contextmanager
+def _no_param_grads(module: nn.Module):
+    """The module's parameters need no gradient inside (the generator step must not train D)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
             p.requires_grad_(True)

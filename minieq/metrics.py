@@ -9,6 +9,7 @@ Images are in [-1, 1] (B, 3, H, W) unless a docstring says otherwise.
 from __future__ import annotations
 
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -75,7 +76,9 @@ def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = Fa
     found = None if random_vgg else find_pretrained(VGG16_FILE, vgg_path)
     if found is None and not random_vgg:
         return None
-    model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" notices
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
     if found is not None:
         features = {k[len("features."):]: v for k, v in safe_torch_load(found).items()
                     if k.startswith("features.")}

@@ -111,7 +111,7 @@ class Pipeline:
         return cfg.final_height if cfg.layout == "grid" else 1
 
     def num_tokens(self, width: int) -> int:
-        """Tokens needed for an image ``width`` pixels wide (a multiple of the column width, ≥ 2 columns)."""
+        """Tokens for an image ``width`` px wide (a multiple of the column width, ≥ 2 columns)."""
         col = self.column_width
         if width % col or width // col < 2:
             raise ValueError(
@@ -168,7 +168,7 @@ class Pipeline:
         return self.decode(tokens)
 
     def continue_(self, images: torch.Tensor, labels, width: int, **kwargs) -> torch.Tensor:
-        """Extend ``images`` (B, 3, H, w) to the right up to ``width`` pixels (the encoded columns are the prefix)."""
+        """Extend ``images`` (B, 3, H, w) to the right up to ``width`` px (their tokens are the prefix)."""
         prefix = self.encode(images)  # (B, P, C)
         num_tokens = self.num_tokens(width)
         if num_tokens <= prefix.shape[1]:

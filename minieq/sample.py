@@ -23,7 +23,8 @@ from minieq.viz import save_image_grid
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (minieq.train_tokenizer)")
     parser.add_argument("--generator", required=True, help="generator checkpoint (minieq.train_generator)")
     parser.add_argument("--classes", type=int, nargs="+", required=True, help="one image per class id")

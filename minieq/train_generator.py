@@ -47,6 +47,7 @@ from minieq.pipeline import Pipeline, compute_latent_scale
 from minieq.tokenizer import sigma_vae_sample
 from minieq.training import TrainState, batches_from, check_finite, warmup_constant, warmup_cosine
 from minieq.utils import autocast, seed_everything
+from minieq.viz import save_image_grid
 
 # The flow-matching head: the official code exempts every parameter whose name contains
 # "diffloss" from weight decay (reference-spec §4.1); in minieq that module is `Generator.head`.
@@ -57,18 +58,18 @@ HEAD_PREFIX = "head."
 class GeneratorTrainConfig(ConfigBase):
     """Everything a generator run needs. ``paper`` is Table 8; ``tiny`` trains on a CPU in minutes."""
 
-    model: str = "tiny"                   # GeneratorConfig preset: tiny, S, B, L, H
+    model: str = "L"                      # GeneratorConfig preset: tiny, S, B, L, H
     latents: str | None = None            # cached latent file (minieq.cache_latents)
     tokenizer: str | None = None          # tokenizer checkpoint: on-the-fly data and sample grids
-    data: str = "synthscapes"             # on-the-fly data set when no latents: synthscapes|imagenet|places30|lhq
+    data: str = "synthscapes"             # without latents: synthscapes | imagenet | places30 | lhq
     data_path: str | None = None
     synth_images: int = 4096              # SynthScapes images when encoding on the fly
     out: str = "runs/gen"
     num_classes: int | None = None        # default: from the data
-    global_batch: int = 64                # summed over ranks (Table 8: 2048)
-    epochs: float = 40.0
+    global_batch: int = 2048              # summed over ranks
+    epochs: float = 1200.0
     max_steps: int | None = None          # overrides epochs
-    warmup_epochs: float = 1.0
+    warmup_epochs: float = 100.0
     lr_schedule: str = "constant"         # constant (paper) | cosine
     min_lr_ratio: float = 0.0             # cosine floor, as a fraction of the peak LR
     blr: float = 1e-4                     # LR = blr × global_batch / 256 (Table 8: 8e-4 at 2048)
@@ -84,18 +85,23 @@ class GeneratorTrainConfig(ConfigBase):
     latent_scale: float | None = None     # default: compute_latent_scale on the data
     bf16: bool = True                     # bf16 autocast on CUDA (no-op on CPU)
     seed: int = 0
-    num_workers: int = 0
+    num_workers: int = 8
     log_every: int = 20
-    save_every: int = 500
+    save_every: int = 3000                # ≈ 5 ImageNet epochs at batch 2048 (the official cadence)
     sample_every: int = 0                 # sample-grid PNG every k steps (0 = only at the end)
     resume: bool = True
     model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
 
     PRESETS = {
-        "tiny": {},
-        "paper": dict(model="L", global_batch=2048, epochs=1200, warmup_epochs=100, blr=1e-4,
-                      ema_decay=0.9999, num_workers=8, log_every=20, save_every=3000,
-                      sample_every=10000, grad_checkpointing=False),
+        # Table 8 / reference-spec §3.10 (the field defaults): the Large model, 1200 epochs at
+        # global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100 warmup epochs, then constant.
+        "paper": dict(sample_every=10000),
+        # CPU, minutes: a ~0.5M-parameter model (4 blocks of width 64: each token sees up to 12
+        # tokens back, reference-spec §3.4), a short EMA and a high LR for a few hundred steps.
+        "tiny": dict(model="tiny", global_batch=32, max_steps=400, warmup_epochs=0.1, blr=8e-3,
+                     ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
+                     save_every=100, model_overrides=dict(embed_dim=64, depth=4, num_heads=2,
+                                                          head_width=128, head_depth=2)),
     }
 
 
@@ -148,8 +154,10 @@ class _Data:
         else:
             raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
         self.num_classes = cfg.num_classes or _num_classes(self.dataset)
-        tok_noise = self.tokenizer.config.noise_std if self.tokenizer is not None else None
-        self.noise_std = cfg.noise_std or getattr(self.dataset, "meta", {}).get("noise_std") or tok_noise or 2.5
+        stored = getattr(self.dataset, "meta", {}).get("noise_std")  # written by cache_latents
+        if self.tokenizer is not None:
+            stored = self.tokenizer.config.noise_std
+        self.noise_std = cfg.noise_std or stored or 2.5
 
     @torch.no_grad()
     def means(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,21 +232,22 @@ def build_generator(cfg: GeneratorTrainConfig, num_classes: int, token_dim: int)
 
 def save_samples(generator: Generator, ema: EMA, tokenizer, latent_scale: float, num_tokens: int,
                  path: Path, seed: int = 0) -> None:
-    """A PNG with one EMA sample per class (up to 8), decoded by the tokenizer."""
-    from torchvision.utils import save_image
-
+    """A PNG with one EMA sample per class (up to 8, one per row), decoded by the tokenizer."""
     model = copy.deepcopy(generator)
     ema.copy_to(model)
     pipe = Pipeline(tokenizer, model, latent_scale)
     labels = torch.arange(min(8, generator.config.num_classes))
     images = pipe.generate(labels, width=num_tokens * pipe.column_width, seed=seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image((images + 1) / 2, path, nrow=1, padding=1)
+    save_image_grid(path, images, nrow=1)
 
 
-def train(cfg: GeneratorTrainConfig) -> Path:
-    """Train (or resume) a generator; returns the checkpoint path ``<out>/generator.pt``."""
-    device = dist.init_distributed()
+def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -> Path:
+    """Train (or resume) a generator; returns the checkpoint path ``<out>/generator.pt``.
+
+    ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank under torchrun).
+    """
+    auto_device = dist.init_distributed()  # joins the process group under torchrun
+    device = torch.device(device) if device is not None else auto_device
     world, rank = dist.world_size(), dist.rank()
     if cfg.global_batch % world:
         raise ValueError(f"global_batch {cfg.global_batch} is not divisible by {world} ranks")
@@ -326,13 +335,15 @@ def train(cfg: GeneratorTrainConfig) -> Path:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=sorted(GeneratorTrainConfig.PRESETS))
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
     add_dataclass_args(parser, GeneratorTrainConfig)
     args = parser.parse_args(argv)
     cfg = GeneratorTrainConfig.preset(args.preset, **overrides_from_args(args, GeneratorTrainConfig))
     try:
-        return train(cfg)
+        return train(cfg, device=args.device)
     finally:
         dist.cleanup()
 

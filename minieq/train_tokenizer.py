@@ -11,8 +11,9 @@ into the live weights and fine-tunes only the decoder and post_quant_layer, with
 weight 0 (Table 5 "+ decoder finetune"); its step counter restarts at 0, as in the official code.
 One loop step = one autoencoder update, then one discriminator update on the same
 reconstruction (the official Lightning loop runs the whole forward twice, §2.4).
-``--resume <checkpoint.pt>`` continues a run bit-exactly (optimizers, LR schedules, EMA,
-discriminator, data position and RNG are all in the checkpoint).
+``--resume <checkpoint.pt>`` continues a run bit-exactly (optimizers, EMA, discriminator, data
+position and RNG are all in the checkpoint; the LR is a pure function of the step). With
+``num_workers > 0`` the workers' augmentation seeds after a resume differ from a straight run.
 """
 from __future__ import annotations
 
@@ -176,7 +177,7 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
     model, disc_ddp = tok, disc
     if world > 1:
         ids = [device.index] if device.type == "cuda" else None
-        # The semantic head is idle before semantic_start and the disc part before disc_start.
+        # The semantic head is trainable but idle before semantic_start: unused parameters.
         model = DDP(tok, device_ids=ids, find_unused_parameters=True)
         disc_ddp = DDP(disc, device_ids=ids) if disc is not None else None
 

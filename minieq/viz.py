@@ -106,15 +106,17 @@ def panorama(image: torch.Tensor, rows: int = 1, padding: int = 2) -> np.ndarray
     return image_grid(full, nrow=1, padding=padding)
 
 
-def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Random tokens at the scale of the real ones: per-channel mean and std of ``z``.
+def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None,
+                        reference: torch.Tensor | None = None) -> torch.Tensor:
+    """Random tokens shaped like ``z`` at the scale of real ones: the per-channel mean and std
+    of ``reference`` tokens (B, N, C), or of ``z`` itself when no reference is given.
 
     The official demo draws N(0, 1) tokens although real latents have std ≈ 18
-    (reference-spec §5 step 3), so its "random" columns are nearly constant; matching the
-    per-channel statistics of the encoded image makes them look like plausible content.
+    (reference-spec §5 step 3), so its "random" columns are far off the latent distribution;
+    matching the per-channel statistics makes them look like plausible content.
     """
-    mean = z.mean(dim=1, keepdim=True)  # (1, 1, C), over the N tokens
-    std = z.std(dim=1, keepdim=True)  # (1, 1, C)
+    ref = (z if reference is None else reference).to(z.device, z.dtype).flatten(0, 1)  # (B·N, C)
+    mean, std = ref.mean(dim=0), ref.std(dim=0)  # (C,) each
     eps = torch.randn(z.shape, generator=generator, device="cpu").to(z.device, z.dtype)
     return mean + std * eps
 
@@ -122,6 +124,7 @@ def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None) -> t
 @torch.no_grad()
 def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | None = None,
                           sample: bool = False, generator: torch.Generator | None = None,
+                          reference: torch.Tensor | None = None,
                           batch_size: int = 8) -> list[torch.Tensor]:
     """Paper Fig. 2/8: replace random tokens by the image's tokens one column at a time.
 
@@ -132,10 +135,12 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
 
     :param tokenizer: a ColumnTokenizer (its device is used; it is run in eval mode).
     :param image: (3, H, W) or (1, 3, H, W) in [-1, 1].
-    :param noise: (1, N, C) or (N, C) random tokens; None draws them at the latents' own
-        per-channel mean/std (not N(0, 1) as in the official demo, see ``_latent_scale_noise``).
+    :param noise: (1, N, C) or (N, C) random tokens; None draws them with the per-channel
+        mean/std of ``reference`` (not N(0, 1) as in the official demo; ``_latent_scale_noise``).
     :param sample: use the σ-VAE noisy sample of the posterior instead of its mean.
     :param generator: CPU torch.Generator for the random tokens (and σ-VAE noise).
+    :param reference: tokens (B, N, C) of many images, e.g. ``encode`` of a validation batch,
+        whose statistics set the scale of the random tokens; None = this image's own tokens.
     :param batch_size: frames decoded per forward pass (bounds memory at paper size).
     :return: N + 1 frames, each (3, H, W) on the CPU, clamped to [-1, 1].
     """
@@ -150,7 +155,7 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
         # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses (§5 step 3).
         z = tokenizer.encode(image.to(device), sample=sample, generator=generator)
         if noise is None:
-            noise = _latent_scale_noise(z, generator)
+            noise = _latent_scale_noise(z, generator, reference)
         noise = noise.reshape(z.shape).to(device, z.dtype)  # (N, C) or (1, N, C) -> (1, N, C)
         n = z.shape[1]
         # Row k keeps the first k true tokens: (N + 1, N, C).

@@ -130,3 +130,15 @@ def test_time_sampling_reports_both_modes_and_identical_outputs():
     for r in rows:
         assert r["cached_s"] > 0 and r["full_s"] > 0 and r["speedup"] > 0
         assert r["max_diff"] < 1e-4
+
+
+def test_strip_statistics_texture_energy_counts_pairs_inside_each_column():
+    # Column k is a ramp of slope a_k inside the column, with jumps at the boundaries: the
+    # texture energy of column k must be |a_k|, unaffected by the boundary jumps.
+    slopes = torch.tensor([0.1, 0.3, 0.0, 0.2])
+    ramp = torch.arange(4.0)  # 4-px columns
+    row = torch.cat([a * ramp + 5 * k for k, a in enumerate(slopes)])  # (16,)
+    images = row.expand(2, 3, 2, 16)
+    out = analysis.strip_statistics(images, torch.zeros(2, 3, 2, 16), column_width=4)
+    assert torch.allclose(out["energy_dist"], slopes, atol=1e-6)
+    assert torch.allclose(out["floor_energy_dist"], torch.zeros(4))

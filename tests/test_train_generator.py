@@ -186,3 +186,18 @@ def test_ddp_two_ranks_match_one_process(tmp_path, latents, monkeypatch):
 
     torch.testing.assert_close(losses("ddp"), losses("single"), rtol=1e-5, atol=1e-6)
     assert not torch.equal(losses("single")[0], losses("single")[-1])  # the runs did learn
+
+
+def test_course_tiny_generator_trains_once_then_loads(tmp_path, latents, monkeypatch):
+    from minieq import course
+
+    monkeypatch.setitem(course.GENERATOR_RECIPES, True, dict(max_steps=2, model_overrides=dict(MICRO)))
+    gen, scale = course.tiny_generator(latents_path=latents, run_dir=tmp_path, fast=True)
+    saved = read_checkpoint(tmp_path / "generator.pt")
+    assert saved["latent_scale"] == scale and not gen.training
+    assert "train_state" not in saved  # the artifact holds the EMA weights only
+    for name, value in read_checkpoint(tmp_path / "generator_run" / "generator.pt")["ema_state_dict"].items():
+        assert torch.equal(gen.state_dict()[name], value)
+    monkeypatch.setattr(course, "tiny_latents", None)  # a second call must not train again
+    again, scale_again = course.tiny_generator(run_dir=tmp_path)
+    assert scale_again == scale and torch.equal(again.z_proj.weight, gen.z_proj.weight)

@@ -115,3 +115,24 @@ def test_cache_latents_with_flips(tmp_path):
     plain = torch.load(cache_latents(tok, data, tmp_path / "plain.pt", flips=False,
                                      show_progress=False), weights_only=True)
     assert plain["latents"].shape == (6, 8, 8)
+
+
+def test_course_helpers_load_existing_artifacts(tmp_path, monkeypatch):
+    from minieq import course
+    from minieq.checkpoint import save_checkpoint
+
+    monkeypatch.delenv("MINIEQ_FAST", raising=False)
+    assert course.is_fast() and course.is_fast(True) and not course.is_fast(False)
+    monkeypatch.setenv("MINIEQ_FAST", "0")
+    assert not course.is_fast() and course.tiny_tokenizer_config().steps > course.tiny_tokenizer_config(True).steps
+    fast = course.tiny_tokenizer_config(True)
+    assert fast.loss.disc_type == "none" and fast.loss.lpips_weight == 0 and fast.data == "synthscapes"
+
+    tok = ColumnTokenizer(TokenizerConfig.preset("tiny", **MICRO))
+    save_checkpoint(tmp_path / "tokenizer.pt", tok)
+    monkeypatch.setattr(course, "train_tokenizer", lambda *a, **k: pytest.fail("must not retrain"))
+    loaded = course.tiny_tokenizer(tmp_path)
+    assert not loaded.training
+    assert all(torch.equal(v, tok.state_dict()[k]) for k, v in loaded.state_dict().items())
+    (tmp_path / "latents.pt").write_bytes(b"already here")
+    assert course.tiny_latents(loaded, tmp_path) == tmp_path / "latents.pt"
