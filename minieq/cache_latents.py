@@ -58,17 +58,11 @@ def cache_latents(tokenizer, dataset: Dataset, path: str | os.PathLike, flips: b
 
 
 def _dataset(args: argparse.Namespace, tok_config):
-    from minieq import data as mdata
+    from minieq.data import build_dataset
 
-    if args.data == "synthscapes":
-        return mdata.SynthScapes(args.num_images, height=tok_config.image_height, width=args.width,
-                                 seed=args.seed, split=args.split)
-    real = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
-    if args.data not in real or not args.data_path:
-        raise ValueError(f"--data must be synthscapes or one of {sorted(real)} with --data_path")
     # Centre crops (train=False): the flips are added explicitly as extra rows.
-    return real[args.data](args.data_path, split=args.split, resolution=tok_config.image_height,
-                           train=False)
+    return build_dataset(args.data, args.data_path, split=args.split, height=tok_config.image_height,
+                         width=args.width, num_images=args.num_images, seed=args.seed, train=False)
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -259,6 +259,28 @@ def lhq(root: str | os.PathLike, split: str = "train", resolution: int = 256,
     return ImageFiles(root, files, labels, classes, resolution, split == "train" if train is None else train)
 
 
+DATASETS = ("synthscapes", "imagenet", "places30", "lhq")
+
+
+def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
+                  height: int = 256, width: int | None = None, num_images: int = 4096, seed: int = 0,
+                  train: bool | None = None) -> Dataset:
+    """One entry point for the training scripts: SynthScapes (rendered) or a real image folder.
+
+    SynthScapes renders ``num_images`` images of ``height`` × ``width`` (width defaults to the
+    height); the real data sets give square ``height`` crops (reference-spec §2.4 transforms;
+    ``train`` = random crop + flip, defaulting to ``split == "train"``) and need ``root``.
+    """
+    if name == "synthscapes":
+        return SynthScapes(num_images, height=height, width=width or height, seed=seed, split=split)
+    builders = {"imagenet": imagenet, "places30": places30, "lhq": lhq}
+    if name not in builders:
+        raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+    if not root:
+        raise ValueError(f"data set {name!r} needs its root folder (--data_path)")
+    return builders[name](root, split=split, resolution=height, train=train)
+
+
 class LatentDataset(Dataset):
     """Cached tokenizer latents: a file holding ``{"latents": (M, N, C) float, "labels": (M,) long}``.
 

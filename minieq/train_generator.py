@@ -176,17 +176,10 @@ class _Data:
 
 def _image_dataset(cfg: GeneratorTrainConfig, tok_cfg):
     """The images to encode on the fly: 16 tokens wide (the paper's 256 × 256 at paper size)."""
-    from minieq import data as mdata
+    from minieq.data import build_dataset
 
-    if cfg.data == "synthscapes":
-        return mdata.SynthScapes(cfg.synth_images, height=tok_cfg.image_height,
-                                 width=16 * tok_cfg.column_width, seed=cfg.seed)
-    builders = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
-    if cfg.data not in builders:
-        raise ValueError(f"--data must be synthscapes, imagenet, places30 or lhq, got {cfg.data!r}")
-    if cfg.data_path is None:
-        raise ValueError(f"--data {cfg.data} needs --data_path (the data set's root folder)")
-    return builders[cfg.data](cfg.data_path, split="train", resolution=tok_cfg.image_height)
+    return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
+                         width=16 * tok_cfg.column_width, num_images=cfg.synth_images, seed=cfg.seed)
 
 
 def _num_classes(dataset) -> int:

@@ -93,18 +93,11 @@ class TokenizerTrainConfig(ConfigBase):
 
 def build_dataset(cfg: TokenizerTrainConfig, tok_config: TokenizerConfig):
     """The training images: SynthScapes (rendered) or a real ImageFolder data set via minieq.data."""
-    from minieq import data as mdata
+    from minieq.data import build_dataset as build
 
-    if cfg.data == "synthscapes":
-        return mdata.SynthScapes(cfg.num_images, height=tok_config.image_height,
-                                 width=cfg.image_width, seed=cfg.seed)
-    real = {"imagenet": mdata.imagenet, "places30": mdata.places30, "lhq": mdata.lhq}
-    if cfg.data not in real:
-        raise ValueError(f"unknown data set {cfg.data!r}; choose synthscapes, {', '.join(real)}")
-    if not cfg.data_path:
-        raise ValueError(f"--data {cfg.data} needs --data_path (the data set's root folder)")
-    # Square crops of the tokenizer height, random crop + flip (reference-spec §2.4).
-    return real[cfg.data](cfg.data_path, split="train", resolution=tok_config.image_height)
+    # Real data: square crops of the tokenizer height, random crop + flip (reference-spec §2.4).
+    return build(cfg.data, cfg.data_path, height=tok_config.image_height, width=cfg.image_width,
+                 num_images=cfg.num_images, seed=cfg.seed)
 
 
 def set_trainable(tok: ColumnTokenizer, stage: int, semantic: bool) -> list[nn.Parameter]:

@@ -266,7 +266,7 @@ def test_check_image_size():
 def test_data_demo_writes_the_pictures(tmp_path, capsys):
     from minieq.demo import main
 
-    main(["--out", str(tmp_path)])
+    main(["--out", str(tmp_path), "--data-only"])
     out = capsys.readouterr().out
     grid, strip = tmp_path / "synthscapes_classes.png", tmp_path / "synthscapes_strip_32x1024.png"
     assert str(grid) in out and str(strip) in out

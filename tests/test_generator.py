@@ -118,7 +118,8 @@ def test_condition_shapes_null_class_and_training_shift():
     h = gen.condition(tokens, torch.tensor([0, 1, 4]))
     assert h.shape == (3, 7, 32)
     assert not torch.allclose(h, gen.condition(tokens, None))
-    assert torch.equal(gen.condition(tokens, None)[0], gen.condition(tokens[:1], None)[0])
+    # Batch size does not change a row (up to float rounding of differently shaped matmuls).
+    assert torch.allclose(gen.condition(tokens, None)[0], gen.condition(tokens[:1], None)[0], atol=1e-6)
     # Shifting every RoPE position changes the output only through the class cross-attention.
     assert not torch.allclose(h, gen.condition(tokens, torch.tensor([0, 1, 4]), shift=5))
     with pytest.raises(ValueError, match="labels"):
