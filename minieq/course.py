@@ -121,7 +121,7 @@ def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None
 
     run_dir = Path(run_dir)
     path = run_dir / "generator.pt"
-    device = torch.device(device) if device is not None else torch.device("cpu")
+    device = torch.device(device) if device is not None else pick_device()
     if retrain or not path.exists():
         work = run_dir / "generator_run"
         if retrain:
