@@ -1,14 +1,14 @@
 """Check a local LHQ copy and write the index files minieq.data.lhq reads.
 
 LHQ (Landscapes HQ, 90,000 landscape images) is unconditional: every label is 0. It has no
-official split; we hold out every 100th image (in sorted order) as validation.
+official split; we hold out every 100th image (in sorted order) as validation (data.lhq_split).
 Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
 Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
 """
 import argparse
 from pathlib import Path
 
-from minieq.data import IMAGE_EXTENSIONS, verify_images, write_index
+from minieq.data import IMAGE_EXTENSIONS, lhq_split, verify_images, write_index
 
 
 def main(argv=None) -> None:
@@ -25,7 +25,7 @@ def main(argv=None) -> None:
     if len(found) != 90000:
         print(f"note: found {len(found)} images, the full LHQ has 90,000")
     for split in ("train", "val"):
-        files = [name for k, name in enumerate(found) if (k % 100 == 0) == (split == "val")]
+        files = lhq_split(found, split)
         labels = [0] * len(files)
         if args.verify:
             files, labels, bad = verify_images(args.root, files, labels)

@@ -242,19 +242,24 @@ def places30(root: str | os.PathLike, split: str = "train", resolution: int = 25
     return _folder_dataset("places30", root, split, resolution, train, classes)
 
 
+def lhq_split(names: list, split: str) -> list:
+    """LHQ has no official split: every 100th image of the sorted list is val, the rest train."""
+    return [name for k, name in enumerate(sorted(names)) if (k % 100 == 0) == (split == "val")]
+
+
 def lhq(root: str | os.PathLike, split: str = "train", resolution: int = 256,
         train: bool | None = None) -> ImageFiles:
     """LHQ (unconditional, label 0): the index from ``prepare_lhq.py``, or every image under root.
 
-    LHQ has no official split; ``prepare_lhq.py`` holds out every 100th image (sorted) as val.
+    Without the index the split is :func:`lhq_split` of every image found under ``root``.
     """
     root = Path(root)
     index = root / f"minieq_lhq_{split}.tsv"
     if index.is_file():
         files, labels, classes = read_index(index)
     else:
-        found = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-        files = [str(p.relative_to(root)) for k, p in enumerate(found) if (k % 100 == 0) == (split == "val")]
+        found = [str(p.relative_to(root)) for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS]
+        files = lhq_split(found, split)
         labels, classes = [0] * len(files), ["landscape"]
     return ImageFiles(root, files, labels, classes, resolution, split == "train" if train is None else train)
 
