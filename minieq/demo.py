@@ -42,7 +42,7 @@ def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dic
 def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0) -> dict:
     """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure."""
     from minieq.data import SynthScapes
-    from minieq.metrics import psnr, ssim
+    from minieq.metrics import baseline_reconstructions, psnr, ssim
     from minieq.viz import frames_strip, reconstruction_grid, save_gif, token_by_token_frames
 
     cfg = tokenizer.config
@@ -55,8 +55,10 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
     frames = token_by_token_frames(tokenizer, x[0], generator=torch.Generator().manual_seed(seed))
     save_gif(frames, out_dir / "token_by_token.gif")
     Image.fromarray(frames_strip(frames)).save(out_dir / "token_by_token.png")
+    baselines = {f"baseline_{name}_psnr_db": float(psnr(x, b).mean())
+                 for name, b in baseline_reconstructions(x, cfg.column_width).items()}
     return {"heldout_psnr_db": float(psnr(x, recon).mean()), "heldout_ssim": float(ssim(x, recon).mean()),
-            "heldout_images": num_images}
+            "heldout_images": num_images, **baselines}
 
 
 @torch.no_grad()
@@ -114,7 +116,9 @@ def main(argv=None) -> dict:
     print(f"[tokenizer] device {device}; loading or training the tiny tokenizer in {models}")
     tok = stage("tokenizer", lambda: tiny_tokenizer(models, fast=fast, device=device))
     summary = stage("reconstruction", lambda: run_tokenizer_demo(tok, out, seed=args.seed))
-    print(f"[reconstruction] held-out PSNR {summary['heldout_psnr_db']:.2f} dB, SSIM {summary['heldout_ssim']:.3f}")
+    print(f"[reconstruction] held-out PSNR {summary['heldout_psnr_db']:.2f} dB, SSIM {summary['heldout_ssim']:.3f} "
+          f"(no-model baselines: row mean {summary['baseline_row_mean_psnr_db']:.2f} dB, "
+          f"column mean {summary['baseline_column_mean_psnr_db']:.2f} dB)")
     latents = stage("latents", lambda: tiny_latents(tok, models, fast=fast))
     gen, scale = stage("generator", lambda: tiny_generator(tok, latents, models, fast=fast, device=device))
     pipe = Pipeline(tok, gen, scale)

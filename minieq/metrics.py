@@ -133,6 +133,25 @@ def rfid(real_dir: str | os.PathLike, recon_dir: str | os.PathLike,
     return float(result["frechet_inception_distance"])
 
 
+def baseline_reconstructions(x: torch.Tensor, column_width: int) -> dict[str, torch.Tensor]:
+    """Two reconstructions that need no model, to read a tokenizer's PSNR against.
+
+    ``row_mean`` replaces every pixel by the mean of its row (nothing varies along x: the floor
+    a tokenizer must beat to show any column detail); ``column_mean`` by the mean of its row
+    inside its ``column_width``-pixel column (a token that kept each column's exact vertical
+    colour profile but nothing finer). On SynthScapes, fine texture (grain, stars, 1-px edges)
+    dominates the pixel error, so even ``row_mean`` scores well in PSNR (README, "Results").
+    """
+    b, c, h, w = x.shape
+    if w % column_width:
+        raise ValueError(f"width {w} is not a multiple of column_width {column_width}")
+    row = x.mean(dim=-1, keepdim=True).expand_as(x)
+    # (B, 3, H, W) -> (B, 3, H, W/cw, cw): mean over each column's pixels, then back.
+    col = x.reshape(b, c, h, w // column_width, column_width).mean(-1, keepdim=True)
+    col = col.expand(-1, -1, -1, -1, column_width).reshape(b, c, h, w)
+    return {"row_mean": row, "column_mean": col}
+
+
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, vgg_path=None) -> dict[str, float]:
     """Mean PSNR, SSIM (and LPIPS when available) of a batch of reconstructions."""
     out = {"psnr": psnr(x, recon).mean().item(), "ssim": ssim(x, recon).mean().item()}

@@ -260,13 +260,14 @@ class ColumnTokenizer(nn.Module):
         Not exact: GroupNorm statistics and attention are global in the 2D decoder, so a window
         sees different statistics than the full map (the two account for about half of the
         error each), and at the paper's shape the convolutions reach ~13 token columns, so
-        ``overlap`` should be ≥ 16 there. Measured max|tiled − full| / max|full| with RANDOM
-        weights: tiny preset, 40 tokens, tile 8 / overlap 8: 3.4e-2 (asserted < 5e-2 in
+        ``overlap`` should be ≥ 16 there. Measured max|tiled − full| / max|full|, RANDOM weights:
+        tiny preset, 40 tokens, tile 8 / overlap 8: 3.4e-2 (asserted < 5e-2 in
         tests/test_tokenizer.py); tiny, defaults (32/16): 9.4e-2 at 256 tokens, 1.4e-1 at 1024;
         golden-fixture size (256 px high), 80 tokens: 1.3e-1 (8/8), 5.8e-2 (16/16). Random
-        weights attend almost uniformly over the whole map, the worst case; a trained
-        tokenizer localises content (paper Fig. 2) and should differ less, which we could not
-        measure here without trained weights.
+        weights attend almost uniformly over the whole map, the worst case. TRAINED tiny
+        tokenizers, SynthScapes strips: FAST (500 steps) 5.8e-3 at 40 tokens (8/8), 5.0e-3 at
+        256 and 5.1e-3 at 1024 tokens (defaults); full mode (4000 steps) 3.1e-2, 2.2e-2 and
+        1.9e-2, i.e. 54-62 dB PSNR between the two decodes; notebook 02 checks > 40 dB.
 
         :param z: tokens (B, N, C), column layout.
         :param tile: token columns kept from each window.

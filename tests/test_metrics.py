@@ -31,6 +31,24 @@ def test_psnr_identical_is_inf_and_known_noise_level():
     assert torch.all(noisy < value)
 
 
+def test_baseline_reconstructions():
+    x = images(w=64)
+    base = metrics.baseline_reconstructions(x, column_width=8)
+    row, col = base["row_mean"], base["column_mean"]
+    assert row.shape == col.shape == x.shape
+    # Row mean: constant along x with the image's row means; column mean: constant inside each
+    # 8-px column, with that column's row means.
+    torch.testing.assert_close(row[..., 5], x.mean(-1))
+    torch.testing.assert_close(col[..., 8:16].mean(-1), x[..., 8:16].mean(-1))
+    assert torch.all(col[..., 8:16] == col[..., 8:9])
+    # An image constant along x is its own row mean; finer columns always fit at least as well.
+    flat = x[..., :1].expand_as(x)
+    assert torch.all(metrics.psnr(flat, metrics.baseline_reconstructions(flat, 8)["row_mean"]) > 100)
+    assert torch.all(metrics.psnr(x, col) >= metrics.psnr(x, row))
+    with pytest.raises(ValueError, match="multiple of column_width"):
+        metrics.baseline_reconstructions(x, column_width=7)
+
+
 def test_ssim_properties():
     x = images()
     torch.testing.assert_close(metrics.ssim(x, x), torch.ones(3))
