@@ -18,8 +18,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.root.is_dir():
         raise SystemExit(f"{args.root}: no such folder; see data_scripts/README.md")
-    found = sorted(str(p.relative_to(args.root)) for p in args.root.rglob("*")
-                   if p.suffix.lower() in IMAGE_EXTENSIONS)
+    found = [str(p.relative_to(args.root)) for p in args.root.rglob("*")
+             if p.suffix.lower() in IMAGE_EXTENSIONS]  # lhq_split sorts
     if not found:
         raise SystemExit(f"{args.root}: no images found")
     if len(found) != 90000:
