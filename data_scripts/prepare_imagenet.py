@@ -8,17 +8,11 @@ Expected layout (see data_scripts/README.md)::
 Writes ROOT/minieq_imagenet_train.tsv and ROOT/minieq_imagenet_val.tsv and prints counts.
 Usage: python data_scripts/prepare_imagenet.py --root /data/imagenet [--verify]
 """
-import argparse
-from pathlib import Path
-
-from minieq.data import scan_image_folder, verify_images, write_index
+from minieq.data import prepare_args, scan_image_folder, write_split
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
-    args = parser.parse_args(argv)
+    args = prepare_args(__doc__, argv)
     train_dir, val_dir = args.root / "train", args.root / "val"
     for folder in (train_dir, val_dir):
         if not folder.is_dir():
@@ -31,10 +25,7 @@ def main(argv=None) -> None:
                          "<wnid>/ folders first (data_scripts/README.md)")
     for split, folder in (("train", train_dir), ("val", val_dir)):
         files, labels, _ = scan_image_folder(folder, classes, relative_to=args.root)
-        if args.verify:
-            files, labels, bad = verify_images(args.root, files, labels)
-            print(f"{split}: dropped {len(bad)} unreadable images {bad[:5]}")
-        path = write_index(args.root / f"minieq_imagenet_{split}.tsv", files, labels, classes)
+        path, files, _ = write_split(args.root, "imagenet", split, files, labels, classes, args.verify)
         print(f"{split}: {len(files)} images in {len(classes)} classes -> {path}")
 
 

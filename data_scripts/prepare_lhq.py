@@ -5,17 +5,11 @@ official split; we hold out every 100th image (in sorted order) as validation (d
 Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
 Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
 """
-import argparse
-from pathlib import Path
-
-from minieq.data import IMAGE_EXTENSIONS, lhq_split, verify_images, write_index
+from minieq.data import IMAGE_EXTENSIONS, lhq_split, prepare_args, write_split
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
-    args = parser.parse_args(argv)
+    args = prepare_args(__doc__, argv)
     if not args.root.is_dir():
         raise SystemExit(f"{args.root}: no such folder; see data_scripts/README.md")
     found = [str(p.relative_to(args.root)) for p in args.root.rglob("*")
@@ -26,11 +20,8 @@ def main(argv=None) -> None:
         print(f"note: found {len(found)} images, the full LHQ has 90,000")
     for split in ("train", "val"):
         files = lhq_split(found, split)
-        labels = [0] * len(files)
-        if args.verify:
-            files, labels, bad = verify_images(args.root, files, labels)
-            print(f"{split}: dropped {len(bad)} unreadable images {bad[:5]}")
-        path = write_index(args.root / f"minieq_lhq_{split}.tsv", files, labels, ["landscape"])
+        path, files, _ = write_split(args.root, "lhq", split, files, [0] * len(files), ["landscape"],
+                                     args.verify)
         print(f"{split}: {len(files)} images -> {path}")
 
 

@@ -13,10 +13,9 @@ Two layouts are accepted (see data_scripts/README.md):
 Labels follow the order of places30_classes.txt. Writes ROOT/minieq_places30_{train,val}.tsv.
 Usage: python data_scripts/prepare_places30.py --root /data/places365 [--verify]
 """
-import argparse
 from pathlib import Path
 
-from minieq.data import places30_classes, scan_image_folder, verify_images, write_index
+from minieq.data import places30_classes, prepare_args, scan_image_folder, write_split
 
 
 def from_official(root: Path, classes: list[str]) -> dict:
@@ -45,10 +44,7 @@ def from_official(root: Path, classes: list[str]) -> dict:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
-    args = parser.parse_args(argv)
+    args = prepare_args(__doc__, argv)
     classes = places30_classes()
     if (args.root / "categories_places365.txt").is_file():
         splits = from_official(args.root, classes)
@@ -59,10 +55,7 @@ def main(argv=None) -> None:
         raise SystemExit(f"{args.root}: neither the official Places365 layout nor train/ and val/ "
                          "class folders; see data_scripts/README.md")
     for split, (files, labels) in splits.items():
-        if args.verify:
-            files, labels, bad = verify_images(args.root, files, labels)
-            print(f"{split}: dropped {len(bad)} unreadable images {bad[:5]}")
-        path = write_index(args.root / f"minieq_places30_{split}.tsv", files, labels, classes)
+        path, files, labels = write_split(args.root, "places30", split, files, labels, classes, args.verify)
         counts = [labels.count(c) for c in range(len(classes))]
         print(f"{split}: {len(files)} images in {len(classes)} classes "
               f"({min(counts)}..{max(counts)} per class) -> {path}")

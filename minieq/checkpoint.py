@@ -70,14 +70,18 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     return atomic_torch_save(payload, path)
 
 
-def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = ()) -> Any:
-    """``torch.load(weights_only=True)`` with errors that name the file and the problem."""
+def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = (), mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with errors that name the file and the problem.
+
+    ``mmap=True`` maps the tensors' storage from the file instead of reading it into RAM, so a
+    file larger than memory (ImageNet latents at paper size: ~40 GB) can still be indexed.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         with torch.serialization.safe_globals(list(extra_globals)):
-            return torch.load(path, map_location="cpu", weights_only=True)
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     # Legacy-format (non-zip) garbage fails deep inside the unpickler with struct.error,
     # UnicodeDecodeError, KeyError, ...: any failure here means "not a usable file".
     except Exception as err:  # noqa: BLE001

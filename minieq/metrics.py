@@ -152,6 +152,46 @@ def baseline_reconstructions(x: torch.Tensor, column_width: int) -> dict[str, to
     return {"row_mean": row, "column_mean": col}
 
 
+def _columns(x: torch.Tensor, column_width: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B·W/cw, 3·H·cw): one row per column strip, as a tokenizer sees it."""
+    b, c, h, w = x.shape
+    if w % column_width:
+        raise ValueError(f"width {w} is not a multiple of column_width {column_width}")
+    # (B, 3, H, W) -> (B, 3, H, W/cw, cw) -> (B, W/cw, 3, H, cw) -> (B·W/cw, 3·H·cw)
+    x = x.reshape(b, c, h, w // column_width, column_width).permute(0, 3, 1, 2, 4)
+    return x.reshape(b * (w // column_width), c * h * column_width)
+
+
+class ColumnPCA:
+    """The best *linear* column tokenizer: each strip → ``dims`` numbers → strip, fitted by PCA.
+
+    With ``dims`` = the tokenizer's token channels it has the same budget as the tokenizer, so it
+    is the reference a trained (non-linear) tokenizer should beat; it needs no training steps,
+    only the principal components of the training strips (one eigendecomposition, < 1 s on a CPU).
+    """
+
+    def __init__(self, train_images: torch.Tensor, column_width: int, dims: int):
+        strips = _columns(train_images.double(), column_width)  # (M, D)
+        if dims > min(strips.shape):
+            raise ValueError(f"dims={dims} needs at least {dims} strips of at least {dims} values")
+        self.column_width = column_width
+        self.mean = strips.mean(dim=0)  # (D,)
+        centred = strips - self.mean
+        # Eigenvectors of the D×D covariance (float64) instead of an SVD of the M×D strips.
+        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+        self.basis = vectors[:, -dims:].T  # (dims, D): the leading principal directions
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode and decode ``x`` (B, 3, H, W) through ``dims`` numbers per column."""
+        b, c, h, w = x.shape
+        strips = _columns(x.double(), self.column_width) - self.mean  # (B·W/cw, D)
+        recon = strips @ self.basis.T @ self.basis + self.mean
+        cw = self.column_width
+        # (B·W/cw, 3·H·cw) -> (B, W/cw, 3, H, cw) -> (B, 3, H, W/cw, cw) -> (B, 3, H, W)
+        recon = recon.reshape(b, w // cw, c, h, cw).permute(0, 2, 3, 1, 4).reshape(b, c, h, w)
+        return recon.to(x.dtype)
+
+
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, vgg_path=None) -> dict[str, float]:
     """Mean PSNR, SSIM (and LPIPS when available) of a batch of reconstructions."""
     out = {"psnr": psnr(x, recon).mean().item(), "ssim": ssim(x, recon).mean().item()}
