@@ -18,10 +18,11 @@ from minieq.train_tokenizer import TokenizerTrainConfig
 from minieq.train_tokenizer import train as train_tokenizer
 from minieq.utils import pick_device
 
-# Measured (held-out SynthScapes, posterior means): FAST (500 steps, 1 thread on a shared 2-core
-# CPU, 348 s) PSNR 24.5 dB / SSIM 0.70: colours and horizon right, nearly constant along x, below
-# the row-mean baseline (26.8 dB); full mode (51 min on 2 shared cores) 27.4 dB / 0.79, with
-# ridgelines and hills but no fine detail (README, "Known limits").
+# Measured (64 held-out SynthScapes images, posterior means): FAST (500 steps, 162 s on 2 cores;
+# deterministic, so make demo and notebook 02 agree) PSNR 24.4 dB / SSIM 0.70: colours and
+# horizon right, nearly constant along x, below the row-mean baseline (26.8 dB) and the PCA
+# column codec (29.1 dB); full mode (51 min on 2 shared cores) 27.4 dB / 0.79, with ridgelines
+# and hills but no fine detail (README, "Known limits").
 # The course tokenizer: the "tiny" preset (32 px high, 8 px columns, 16 channels) at half its
 # width (ch 16 instead of 32): 4x fewer FLOPs, so a few hundred CPU steps fit in minutes.
 COURSE_TOKENIZER = dict(ch=16, semantic_ch=16)

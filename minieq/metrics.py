@@ -142,24 +142,26 @@ def baseline_reconstructions(x: torch.Tensor, column_width: int) -> dict[str, to
     colour profile but nothing finer). On SynthScapes, fine texture (grain, stars, 1-px edges)
     dominates the pixel error, so even ``row_mean`` scores well in PSNR (README, "Results").
     """
+    row = x.mean(dim=-1, keepdim=True).expand_as(x)
+    # Mean over each column's pixels, then back to (B, 3, H, W).
+    col = _column_view(x, column_width).mean(-1, keepdim=True)
+    col = col.expand(-1, -1, -1, -1, column_width).reshape(x.shape)
+    return {"row_mean": row, "column_mean": col}
+
+
+def _column_view(x: torch.Tensor, column_width: int) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, 3, H, W/cw, cw), with a clear error when W is not a multiple of cw."""
     b, c, h, w = x.shape
     if w % column_width:
         raise ValueError(f"width {w} is not a multiple of column_width {column_width}")
-    row = x.mean(dim=-1, keepdim=True).expand_as(x)
-    # (B, 3, H, W) -> (B, 3, H, W/cw, cw): mean over each column's pixels, then back.
-    col = x.reshape(b, c, h, w // column_width, column_width).mean(-1, keepdim=True)
-    col = col.expand(-1, -1, -1, -1, column_width).reshape(b, c, h, w)
-    return {"row_mean": row, "column_mean": col}
+    return x.reshape(b, c, h, w // column_width, column_width)
 
 
 def _columns(x: torch.Tensor, column_width: int) -> torch.Tensor:
     """(B, 3, H, W) -> (B·W/cw, 3·H·cw): one row per column strip, as a tokenizer sees it."""
-    b, c, h, w = x.shape
-    if w % column_width:
-        raise ValueError(f"width {w} is not a multiple of column_width {column_width}")
-    # (B, 3, H, W) -> (B, 3, H, W/cw, cw) -> (B, W/cw, 3, H, cw) -> (B·W/cw, 3·H·cw)
-    x = x.reshape(b, c, h, w // column_width, column_width).permute(0, 3, 1, 2, 4)
-    return x.reshape(b * (w // column_width), c * h * column_width)
+    # (B, 3, H, W/cw, cw) -> (B, W/cw, 3, H, cw) -> (B·W/cw, 3·H·cw)
+    x = _column_view(x, column_width).permute(0, 3, 1, 2, 4)
+    return x.reshape(-1, x[0, 0].numel())
 
 
 class ColumnPCA:

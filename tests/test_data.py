@@ -234,10 +234,15 @@ def test_lhq_is_unconditional(tmp_path):
 
 # --- latents and sizes ---------------------------------------------------------------------------
 
-def test_latent_dataset(tmp_path):
+def test_latent_dataset(tmp_path, monkeypatch):
     latents, labels = torch.randn(6, 4, 3), torch.arange(6) % 2
     atomic_torch_save({"latents": latents, "labels": labels, "scale": 0.5}, tmp_path / "lat.pt")
+    # The file is memory-mapped (paper-size latents do not fit in RAM), never read whole.
+    calls, load = [], torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **kw: calls.append(kw.get("mmap")) or load(*a, **kw))
     ds = LatentDataset(tmp_path / "lat.pt")
+    assert calls == [True]
+    monkeypatch.setattr(torch, "load", load)
     assert len(ds) == 6 and torch.equal(ds[3][0], latents[3]) and int(ds[3][1]) == 1
     assert ds.meta == {"scale": 0.5}
     torch.save({"latents": latents}, tmp_path / "nolabels.pt")
