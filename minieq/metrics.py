@@ -171,7 +171,7 @@ class ColumnPCA:
     is the reference a trained (non-linear) tokenizer should beat; it needs no training steps,
     only the principal components of the training strips: one eigendecomposition of a D×D
     covariance, D = 3·H·column_width (tiny: 768, < 1 s on a CPU; paper: 12 288, a 1.2 GB float64
-    matrix, minutes).
+    matrix).
     """
 
     def __init__(self, train_images: torch.Tensor, column_width: int, dims: int):
