@@ -1,10 +1,15 @@
-"""Load-or-train helpers shared by the notebooks and the demo (artifacts in ``runs/course/``).
+"""The course's models: the pretrained ones shipped with minieq, and load-or-train helpers for
+training them from scratch (artifacts in ``runs/course/fast/`` or ``runs/course/full/``).
 
-Each helper loads its artifact if it exists and trains (or computes) it otherwise, so the
-notebooks can run in any order and a second run costs nothing (the uvadlc pattern, style.md).
+:func:`pretrained_tokenizer` and :func:`pretrained_generator` (from :mod:`minieq.pretrained`) are
+what the notebooks and the demo show by default. The ``tiny_*`` helpers load their artifact if
+it exists and train (or compute) it otherwise, so the notebooks can run in any order and a second
+run costs nothing (the uvadlc pattern, style.md).
 
 FAST mode (``fast=None`` reads ``$MINIEQ_FAST``; unset means FAST, as in the notebooks) is a few
 CPU minutes; ``MINIEQ_FAST=0`` trains longer (meant for a GPU, also fine on a CPU overnight).
+The two modes never share files: each has its own run folder (:func:`course_dir`), and a model
+trained with the other mode's recipe is refused with a clear error instead of being reused.
 """
 from __future__ import annotations
 
@@ -13,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from minieq.checkpoint import load_checkpoint, save_checkpoint
+from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.pretrained import pretrained_generator, pretrained_tokenizer  # noqa: F401 (public API)
 from minieq.train_tokenizer import TokenizerTrainConfig
 from minieq.train_tokenizer import train as train_tokenizer
 from minieq.utils import pick_device
@@ -46,27 +52,51 @@ def is_fast(fast: bool | None = None) -> bool:
     return os.environ.get("MINIEQ_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def course_dir(fast: bool | None = None, root: str | os.PathLike = "runs/course") -> Path:
+    """``root/fast`` or ``root/full``: FAST and full-mode artifacts never share a folder."""
+    return Path(root) / ("fast" if is_fast(fast) else "full")
+
+
+def _check_recipe(path: Path, expected: dict, fast: bool | None) -> None:
+    """Refuse a checkpoint whose stored recipe is not this mode's (e.g. FAST weights in full mode).
+
+    A file without a stored recipe (saved by hand) cannot be checked and is used as it is.
+    """
+    stored = read_checkpoint(path).get("train_config")
+    if stored is None:
+        return
+    differ = sorted(k for k, v in expected.items() if stored.get(k) != v)
+    if differ:
+        mode = "FAST" if is_fast(fast) else "full"
+        raise CheckpointError(
+            f"{path} was trained with another recipe than {mode} mode's (fields {differ} differ), "
+            f"e.g. the other mode's; use that mode, another run folder, or retrain=True.")
+
+
 def tiny_tokenizer_config(fast: bool | None = None) -> TokenizerTrainConfig:
     """The course's tokenizer run: the tiny preset with the FAST or full recipe above."""
     return TokenizerTrainConfig.preset("tiny", tokenizer_overrides=dict(COURSE_TOKENIZER),
                                        **TOKENIZER_RECIPES[is_fast(fast)])
 
 
-def tiny_tokenizer(run_dir: str | os.PathLike = "runs/course", fast: bool | None = None,
+def tiny_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None = None,
                    device: str | torch.device | None = None, retrain: bool = False):
     """Load ``run_dir/tokenizer.pt`` or train it; returns the EMA ColumnTokenizer in eval mode.
+
+    ``run_dir`` defaults to :func:`course_dir` of the mode.
 
     ``device`` defaults to :func:`minieq.utils.pick_device` (CUDA, MPS, else CPU).
 
     Training writes its checkpoint, metrics and reconstruction grids to ``run_dir/tokenizer_run``
     and resumes from there if interrupted; ``tokenizer.pt`` holds only the EMA weights.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else course_dir(fast)
     path = run_dir / "tokenizer.pt"
     device = torch.device(device) if device is not None else pick_device()
-    if path.exists() and not retrain:
-        return load_checkpoint(path, map_location=device)
     cfg = tiny_tokenizer_config(fast)
+    if path.exists() and not retrain:
+        _check_recipe(path, TOKENIZER_RECIPES[is_fast(fast)], fast)
+        return load_checkpoint(path, map_location=device)
     work = run_dir / "tokenizer_run"
     partial = work / "checkpoint.pt"
     if retrain and work.exists():
@@ -79,7 +109,7 @@ def tiny_tokenizer(run_dir: str | os.PathLike = "runs/course", fast: bool | None
     return tok.to(device).eval()
 
 
-def tiny_latents(tokenizer, run_dir: str | os.PathLike = "runs/course", fast: bool | None = None,
+def tiny_latents(tokenizer, run_dir: str | os.PathLike | None = None, fast: bool | None = None,
                  recompute: bool = False) -> Path:
     """``run_dir/latents.pt``: posterior means of the SynthScapes training set, with flips.
 
@@ -88,7 +118,7 @@ def tiny_latents(tokenizer, run_dir: str | os.PathLike = "runs/course", fast: bo
     from minieq.cache_latents import cache_latents
     from minieq.data import SynthScapes
 
-    path = Path(run_dir) / "latents.pt"
+    path = (Path(run_dir) if run_dir is not None else course_dir(fast)) / "latents.pt"
     if path.exists() and not recompute:
         return path
     cfg = tiny_tokenizer_config(fast)
@@ -107,7 +137,7 @@ GENERATOR_RECIPES = {
 
 
 def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None,
-                   run_dir: str | os.PathLike = "runs/course", fast: bool | None = None,
+                   run_dir: str | os.PathLike | None = None, fast: bool | None = None,
                    device: str | torch.device | None = None, retrain: bool = False):
     """Load ``run_dir/generator.pt`` or train it; returns ``(generator, latent_scale)``.
 
@@ -117,14 +147,15 @@ def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None
     checkpoint, metrics and sample grids to ``run_dir/generator_run`` and resumes from there
     if interrupted; ``generator.pt`` holds only the EMA weights and the latent scale.
     """
-    from minieq.checkpoint import read_checkpoint
     from minieq.train_generator import GeneratorTrainConfig
     from minieq.train_generator import train as train_generator
 
-    run_dir = Path(run_dir)
+    run_dir = Path(run_dir) if run_dir is not None else course_dir(fast)
     path = run_dir / "generator.pt"
     device = torch.device(device) if device is not None else pick_device()
-    if retrain or not path.exists():
+    if path.exists() and not retrain:
+        _check_recipe(path, GENERATOR_RECIPES[is_fast(fast)], fast)
+    else:
         work = run_dir / "generator_run"
         if retrain:
             for old in [work / "generator.pt", work / "metrics.jsonl"]:

@@ -81,6 +81,13 @@ class TokenizerTrainConfig(ConfigBase):
                      loss=dict(lpips_weight=0.0, disc_type="none", semantic_weight=0.0,
                                reduction="mean")),
     }
+    # The pretrained course tokenizer shipped with the package (minieq.course.pretrained_tokenizer):
+    # the tiny preset at half width (ch 16, as the FAST course run) trained ~30x longer. The LR
+    # halves every 4000 steps, a schedule that can be extended without changing its past.
+    PRESETS["course"] = {**PRESETS["tiny"], **dict(
+        tokenizer_overrides=dict(ch=16, semantic_ch=16), num_images=16384, steps=16000,
+        warmup=100, lr_decay_every=4000, lr_decay=0.5, ema_decay=0.999, log_every=50,
+        image_every=1000, ckpt_every=250)}
 
     def __post_init__(self):
         if isinstance(self.loss, dict):

@@ -1,4 +1,6 @@
 """Tokenizer training: exact resume, NaN guard, stage 2, CLI wiring, latent caching (micro sizes)."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -136,3 +138,19 @@ def test_course_helpers_load_existing_artifacts(tmp_path, monkeypatch):
     assert all(torch.equal(v, tok.state_dict()[k]) for k, v in loaded.state_dict().items())
     (tmp_path / "latents.pt").write_bytes(b"already here")
     assert course.tiny_latents(loaded, tmp_path) == tmp_path / "latents.pt"
+
+
+def test_course_fast_and_full_never_share_files(tmp_path, monkeypatch):
+    from minieq import course
+    from minieq.checkpoint import CheckpointError, save_checkpoint
+
+    assert course.course_dir(True) != course.course_dir(False)
+    monkeypatch.setenv("MINIEQ_FAST", "0")
+    assert course.course_dir() == Path("runs/course/full")
+    # A FAST artifact found where full mode looks is refused, not silently reused.
+    tok = ColumnTokenizer(TokenizerConfig.preset("tiny", **MICRO))
+    save_checkpoint(tmp_path / "tokenizer.pt", tok, train_config=course.tiny_tokenizer_config(True).to_dict())
+    monkeypatch.setattr(course, "train_tokenizer", lambda *a, **k: pytest.fail("must not retrain"))
+    assert course.tiny_tokenizer(tmp_path, fast=True) is not None
+    with pytest.raises(CheckpointError, match="full mode"):
+        course.tiny_tokenizer(tmp_path, fast=False)

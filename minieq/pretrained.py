@@ -1,0 +1,158 @@
+"""The pretrained course models shipped inside the package (``minieq/weights/*.pt``).
+
+The from-scratch FAST course models are what three CPU minutes give; their pictures are colour
+bands. These are the same tiny architectures trained ~30× longer with minieq's own trainers, so
+learners see column tokens, token-by-token reconstructions and long images of real structure.
+One command trains (or resumes) a model and exports it into the package:
+
+    python -m minieq.pretrained tokenizer --out runs/pretrained/tokenizer    # hours on a CPU
+    python -m minieq.pretrained generator --out runs/pretrained/generator    # on its latents
+
+Rerunning a command resumes its run from ``<out>/checkpoint.pt`` (exactly: the trainers store
+every RNG and optimizer state), so an interrupted run costs only the steps since its last save.
+A shipped file holds the EMA weights in half precision (the package stays small), the full
+training recipe (``train_config``: preset, data seed, step count), the command that made it,
+and the held-out numbers measured on exactly the shipped weights (``heldout``), which a test
+recomputes.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.utils import pick_device
+
+PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
+TOKENIZER_FILE = PACKAGE_DIR / "course_tokenizer.pt"
+GENERATOR_FILE = PACKAGE_DIR / "course_generator.pt"
+# Held-out SynthScapes images for the recorded numbers: the val split (disjoint from every
+# training set), 16 tokens wide like the training images, a fixed seed.
+HELDOUT_IMAGES = 256
+HELDOUT_SEED = 0
+
+
+def _shipped(path: Path) -> Path:
+    if not path.is_file():
+        raise CheckpointError(
+            f"{path}: the pretrained course model is not in this installation of minieq. Make it "
+            f"with `python -m minieq.pretrained {path.stem.removeprefix('course_')} --out DIR` "
+            "(README, 'Pretrained course models'), or train the FAST one with minieq.course.")
+    return path
+
+
+def pretrained_tokenizer(device: str | torch.device | None = None) -> nn.Module:
+    """The shipped course ColumnTokenizer (EMA weights, float32, eval mode) on ``device``."""
+    device = torch.device(device) if device is not None else pick_device()
+    return load_checkpoint(_shipped(TOKENIZER_FILE), map_location=device).float().eval()
+
+
+def pretrained_generator(device: str | torch.device | None = None) -> tuple[nn.Module, float]:
+    """``(generator, latent_scale)``: the shipped course Generator, trained on the latents of
+    :func:`pretrained_tokenizer` (EMA weights, float32, eval mode)."""
+    device = torch.device(device) if device is not None else pick_device()
+    path = _shipped(GENERATOR_FILE)
+    scale = float(read_checkpoint(path)["latent_scale"])
+    return load_checkpoint(path, map_location=device).float().eval(), scale
+
+
+def heldout_images(height: int, width: int, num_images: int = HELDOUT_IMAGES,
+                   seed: int = HELDOUT_SEED) -> torch.Tensor:
+    """(num_images, 3, height, width) held-out SynthScapes renders, 8-bit rounded like the data."""
+    from minieq.data import SynthScapes
+
+    val = SynthScapes(num_images, height=height, width=width, seed=seed, split="val")
+    return torch.stack([val[i][0] for i in range(num_images)])
+
+
+@torch.no_grad()
+def evaluate_tokenizer(tokenizer: nn.Module, num_images: int = HELDOUT_IMAGES,
+                       seed: int = HELDOUT_SEED, batch_size: int = 64) -> dict:
+    """Held-out PSNR / SSIM of posterior-mean reconstructions, computed in float32 on the CPU
+    (deterministic, so a test can recompute the recorded value to 0.05 dB)."""
+    from minieq.metrics import psnr, ssim
+
+    tokenizer = tokenizer.float().cpu().eval()
+    cfg = tokenizer.config
+    x = heldout_images(cfg.image_height, 16 * cfg.column_width, num_images, seed)
+    recon = torch.cat([tokenizer.decode(tokenizer.encode(b)).clamp(-1, 1) for b in x.split(batch_size)])
+    return {"psnr_db": round(float(psnr(x, recon).mean()), 4), "ssim": round(float(ssim(x, recon).mean()), 4),
+            "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
+
+
+def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -> dict:
+    """Write the EMA weights of a finished run in half precision to ``out`` with its recipe.
+
+    The tokenizer's held-out numbers are measured on the half-precision weights, i.e. on exactly
+    what is shipped. Returns the stored metadata.
+    """
+    ckpt = read_checkpoint(run_checkpoint)
+    train_config = ckpt.get("train_config")
+    if train_config is None or "train_state" not in ckpt:
+        raise CheckpointError(f"{run_checkpoint}: not a training checkpoint (no train_config/train_state)")
+    model = load_checkpoint(run_checkpoint).half()  # EMA weights, rounded as they will be shipped
+    meta = {"train_config": train_config, "step": int(ckpt["train_state"]["step"]), "command": command, **extra}
+    if ckpt["model_class"] == "ColumnTokenizer":
+        meta["heldout"] = evaluate_tokenizer(copy.deepcopy(model).float())
+    elif "latent_scale" in ckpt:
+        meta["latent_scale"] = float(ckpt["latent_scale"])
+    save_checkpoint(out, model, **meta)
+    return meta
+
+
+def _train_tokenizer(out: Path, steps: int | None) -> Path:
+    from minieq.train_tokenizer import TokenizerTrainConfig, train
+
+    overrides = {"steps": steps} if steps else {}
+    cfg = TokenizerTrainConfig.preset("course", **overrides)
+    partial = out / "checkpoint.pt"
+    return train(cfg, out, resume=str(partial) if partial.exists() else None, device=pick_device())
+
+
+def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:
+    """Cache the latents of the tokenizer's own training images (with flips), then train."""
+    from minieq.cache_latents import cache_latents
+    from minieq.data import SynthScapes
+    from minieq.train_generator import GeneratorTrainConfig, train
+
+    cfg = GeneratorTrainConfig.preset("course", out=str(out), tokenizer=str(tokenizer_file),
+                                      latents=str(out / "latents.pt"),
+                                      **({"max_steps": steps} if steps else {}))
+    tok_ckpt = read_checkpoint(tokenizer_file)
+    data_recipe = {key: tok_ckpt["train_config"][key] for key in ("num_images", "image_width", "seed")}
+    if not Path(cfg.latents).exists():
+        tok = load_checkpoint(tokenizer_file).float()
+        data = SynthScapes(data_recipe["num_images"], height=tok.config.image_height,
+                           width=data_recipe["image_width"], seed=data_recipe["seed"], split="train")
+        cache_latents(tok, data, cfg.latents, flips=True, batch_size=64)
+    latents = {**data_recipe, "flips": True, "tokenizer_step": int(tok_ckpt["step"])}
+    return train(cfg, device=pick_device()), latents
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description="Train (or resume) a pretrained course model and "
+                                                 "export it into minieq/weights/.")
+    parser.add_argument("model", choices=["tokenizer", "generator"])
+    parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
+    parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    parser.add_argument("--export", type=Path, default=None, help="file to write (default: the package's)")
+    args = parser.parse_args(argv)
+    command = "python -m minieq.pretrained " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.model == "tokenizer":
+        ckpt = _train_tokenizer(args.out, args.steps)
+        meta = export(ckpt, args.export or TOKENIZER_FILE, command)
+    else:
+        ckpt, latents = _train_generator(args.out, _shipped(TOKENIZER_FILE), args.steps)
+        meta = export(ckpt, args.export or GENERATOR_FILE, command, latents=latents)
+    print(json.dumps({k: v for k, v in meta.items() if k != "train_config"}, indent=2))
+    return meta
+
+
+if __name__ == "__main__":
+    main()

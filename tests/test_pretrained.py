@@ -1,0 +1,80 @@
+"""Pretrained course models: the export round trip (micro run) and the files shipped in the package."""
+import pytest
+import torch
+
+import minieq.train_tokenizer as tt
+from minieq import pretrained
+from minieq.checkpoint import CheckpointError, read_checkpoint
+from minieq.tokenizer import ColumnTokenizer
+
+MICRO = dict(ch=8, ch_mult=[1, 1, 1, 1], num_groups=4, z_channels=4, embed_dim=8, attn_resolutions=[],
+             semantic_ch=8, semantic_ch_mult=[1, 1], semantic_out_channels=8)
+MAX_PACKAGE_BYTES = 12 * 2 ** 20  # both shipped files together
+
+
+def _float_tensors(ckpt: dict) -> list[torch.Tensor]:
+    return [v for v in ckpt["state_dict"].values() if v.is_floating_point()]
+
+
+def test_export_stores_half_weights_recipe_and_reproducible_psnr(tmp_path, monkeypatch):
+    micro = {**tt.TokenizerTrainConfig.PRESETS["tiny"], **dict(
+        tokenizer_overrides=MICRO, num_images=16, batch_size=4, steps=2, warmup=1, log_every=1,
+        image_every=0, ckpt_every=1)}
+    monkeypatch.setitem(tt.TokenizerTrainConfig.PRESETS, "course", micro)
+    out = tmp_path / "course_tokenizer.pt"
+    meta = pretrained.main(["tokenizer", "--out", str(tmp_path / "run"), "--export", str(out)])
+
+    raw = torch.load(out, map_location="cpu", weights_only=True)  # plain containers only
+    assert all(t.dtype == torch.float16 for t in _float_tensors(raw))
+    assert raw["train_config"] == tt.TokenizerTrainConfig.preset("course").to_dict()
+    assert raw["step"] == 2 and raw["command"].startswith("python -m minieq.pretrained tokenizer")
+    assert raw["heldout"] == meta["heldout"] and raw["heldout"]["images"] == pretrained.HELDOUT_IMAGES
+
+    monkeypatch.setattr(pretrained, "TOKENIZER_FILE", out)
+    tok = pretrained.pretrained_tokenizer(device="cpu")
+    assert isinstance(tok, ColumnTokenizer) and not tok.training
+    assert all(p.dtype == torch.float32 for p in tok.parameters())
+    again = pretrained.evaluate_tokenizer(tok)
+    assert abs(again["psnr_db"] - raw["heldout"]["psnr_db"]) < 0.05
+
+    # A rerun resumes the finished run (no step is trained twice) and exports the same weights.
+    pretrained.main(["tokenizer", "--out", str(tmp_path / "run"), "--export", str(out)])
+    rerun = read_checkpoint(out)
+    assert rerun["step"] == 2
+    assert all(torch.equal(v, raw["state_dict"][k]) for k, v in rerun["state_dict"].items())
+
+
+def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "course_tokenizer.pt")
+    with pytest.raises(CheckpointError, match="not in this installation"):
+        pretrained.pretrained_tokenizer(device="cpu")
+
+
+SHIPPED = [pretrained.TOKENIZER_FILE, pretrained.GENERATOR_FILE]
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
+                    reason="the pretrained course models are not shipped in this checkout yet")
+def test_shipped_course_models():
+    from minieq.train_generator import GeneratorTrainConfig
+
+    assert sum(p.stat().st_size for p in SHIPPED) <= MAX_PACKAGE_BYTES
+    tok_ckpt = torch.load(pretrained.TOKENIZER_FILE, map_location="cpu", weights_only=True)
+    gen_ckpt = torch.load(pretrained.GENERATOR_FILE, map_location="cpu", weights_only=True)
+    for ckpt in (tok_ckpt, gen_ckpt):
+        assert all(t.dtype == torch.float16 for t in _float_tensors(ckpt))
+        assert ckpt["command"].startswith("python -m minieq.pretrained")
+    # The recipe in the file is the preset's, trained to its end: one command reproduces it.
+    tok_cfg = tok_ckpt["train_config"]
+    assert tok_cfg == tt.TokenizerTrainConfig.preset("course", steps=tok_cfg["steps"]).to_dict()
+    assert tok_ckpt["step"] == tok_cfg["steps"] and "seed" in tok_cfg
+    gen_cfg = GeneratorTrainConfig.from_dict(gen_ckpt["train_config"])
+    assert gen_ckpt["step"] == gen_cfg.max_steps and gen_ckpt["latent_scale"] > 0
+    assert gen_ckpt["latents"]["tokenizer_step"] == tok_ckpt["step"]
+
+    tok = pretrained.pretrained_tokenizer(device="cpu")
+    measured = pretrained.evaluate_tokenizer(tok)
+    assert abs(measured["psnr_db"] - tok_ckpt["heldout"]["psnr_db"]) < 0.05
+    gen, scale = pretrained.pretrained_generator(device="cpu")
+    assert scale == gen_ckpt["latent_scale"] and not gen.training
+    assert gen.config.token_dim == tok.config.embed_dim
