@@ -172,32 +172,37 @@ def strip_statistics(generated: torch.Tensor, reference: torch.Tensor, column_wi
     """Compare generated strips with ground-truth strips, one token column at a time.
 
     For each column position k = 0..N-1 the pixels of that column (over batch and height) give
-    a colour mean, a colour std and a texture energy (mean |horizontal gradient|). The function
-    returns the per-position absolute distances between ``generated`` and ``reference``, and,
-    as an honest yardstick, the same distances between the two halves of ``reference`` (the
-    sampling noise of the statistic itself: a perfect generator scores about this much). These
-    are low-order statistics; they catch drift, colour collapse and blurring along x, not
-    object-level realism.
+    a colour mean, a colour std and a texture energy (mean |horizontal gradient|). With B
+    generated strips, ``reference`` holds 2B ground-truth strips in two halves: the function
+    returns the per-position absolute distances between ``generated`` and the second half and,
+    as an honest yardstick, between the first half and the second half (the sampling noise of
+    the statistics themselves). Both compare B strips with the same B strips, so a perfect
+    generator scores the yardstick on average. These are low-order statistics; they catch drift,
+    colour collapse and blurring along x, not object-level realism.
 
     :param generated: (B, 3, H, W) generated images in [-1, 1].
-    :param reference: (B', 3, H, W) ground truth at the same positions, B' >= 2.
+    :param reference: (2B, 3, H, W) ground truth at the same positions (extra images are unused).
     :param trained_tokens: if given, the summary also splits positions into the trained range
         [0, trained_tokens) and the extrapolated rest.
     :return: dict with (N,) tensors ``mean_dist``, ``std_dist``, ``energy_dist`` and their
-        ``floor_*`` twins, plus a ``summary`` dict of floats.
+        ``floor_*`` twins, plus a ``summary`` dict of floats: their averages over positions and
+        the texture energy of the generated and the reference strips (``energy_generated``,
+        ``energy_reference``).
     """
     if generated.shape[1:] != reference.shape[1:]:
         raise ValueError(f"generated {tuple(generated.shape)} and reference {tuple(reference.shape)} "
                          "must have the same channels, height and width")
-    if len(reference) < 2:
-        raise ValueError("reference needs at least 2 images (its two halves give the noise floor)")
-    half = len(reference) // 2
-    ref = _column_features(reference, column_width)
-    out = _feature_distance(_column_features(generated, column_width), ref)
-    floor = _feature_distance(_column_features(reference[:half], column_width),
-                              _column_features(reference[half:], column_width))
-    out.update({f"floor_{k}": v for k, v in floor.items()})
-    summary = {}
+    b = len(generated)
+    if b < 1 or len(reference) < 2 * b:
+        raise ValueError(f"reference needs 2 × {b} images (two samples the size of generated), "
+                         f"got {len(reference)}")
+    gen = _column_features(generated, column_width)
+    first = _column_features(reference[:b], column_width)
+    second = _column_features(reference[b:2 * b], column_width)
+    out = _feature_distance(gen, second)
+    out.update({f"floor_{k}": v for k, v in _feature_distance(first, second).items()})
+    summary = {"energy_generated": float(gen["energy"].mean()),
+               "energy_reference": float(second["energy"].mean())}
     for key in ("mean_dist", "std_dist", "energy_dist"):
         summary[key] = float(out[key].mean())
         summary[f"floor_{key}"] = float(out[f"floor_{key}"].mean())

@@ -13,6 +13,7 @@ trained with the other mode's recipe is refused with a clear error instead of be
 """
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -24,26 +25,25 @@ from minieq.train_tokenizer import TokenizerTrainConfig
 from minieq.train_tokenizer import train as train_tokenizer
 from minieq.utils import pick_device
 
-# Measured (64 held-out SynthScapes images, posterior means): FAST (500 steps, 162 s on 2 cores;
-# deterministic, so make demo and notebook 02 agree) PSNR 24.4 dB / SSIM 0.70: colours and
-# horizon right, nearly constant along x, below the row-mean baseline (26.8 dB) and the PCA
-# column codec (29.1 dB); full mode (51 min on 2 shared cores) 27.4 dB / 0.79, with ridgelines
-# and hills but no fine detail (README, "Known limits").
-# The course tokenizer: the "tiny" preset (32 px high, 8 px columns, 16 channels) at half its
+# FAST mode (CPU minutes): the "tiny" preset (32 px high, 8 px columns, 16 channels) at half its
 # width (ch 16 instead of 32): 4x fewer FLOPs, so a few hundred CPU steps fit in minutes.
+# Measured (64 held-out images, posterior means; 500 steps, 162 s on 2 cores, deterministic, so
+# make demo and notebook 02 agree): PSNR 24.4 dB / SSIM 0.70, colours and horizon right, nearly
+# constant along x, below the row-mean baseline (26.8 dB) and the PCA column codec (29.1 dB)
+# (README, "Known limits"). What hours of CPU training give is the pretrained course tokenizer.
 COURSE_TOKENIZER = dict(ch=16, semantic_ch=16)
 
-# Offline and on a CPU the objective is L1 + KL on σ-VAE samples (reduction "mean"): LPIPS, the
-# DINO discriminator and the DINOv2 teacher need weight files, and even with them their
-# backbones would cost more than the tokenizer itself at this size.
+# Each mode's run: (preset, overrides). Full mode is one GPU: the "course_gpu" presets, 128-px
+# SynthScapes with the paper's 16:1 columns, each ~1 A100-hour by a FLOP count (an estimate:
+# python -m minieq.estimate). Offline the tokenizer objective is L1 + KL on σ-VAE samples
+# (reduction "mean"): LPIPS, the DINO discriminator and the DINOv2 teacher need weight files.
 TOKENIZER_RECIPES = {
-    True: dict(steps=500, batch_size=8, lr=1e-3, warmup=20, lr_decay_every=400, lr_decay=0.3,
-               ema_decay=0.99, num_images=2048, log_every=10, image_every=100, ckpt_every=100),
-    False: dict(steps=4000, batch_size=16, lr=1e-3, warmup=100, lr_decay_every=1500, lr_decay=0.3,
-                ema_decay=0.995, num_images=8192, log_every=25, image_every=500, ckpt_every=500),
+    True: ("tiny", dict(tokenizer_overrides=COURSE_TOKENIZER, steps=500, batch_size=8, lr=1e-3,
+                        warmup=20, lr_decay_every=400, lr_decay=0.3, ema_decay=0.99,
+                        num_images=2048, log_every=10, image_every=100, ckpt_every=100)),
+    False: ("course_gpu", {}),
 }
-LATENT_IMAGES = {True: 2048, False: 8192}  # SynthScapes training images (×2 rows with flips)
-
+LATENT_IMAGES = {True: 2048, False: 32768}  # SynthScapes training images (×2 rows with flips)
 
 def is_fast(fast: bool | None = None) -> bool:
     """``fast`` if given, else ``$MINIEQ_FAST`` ("0" means full mode; unset means FAST)."""
@@ -57,6 +57,10 @@ def course_dir(fast: bool | None = None, root: str | os.PathLike = "runs/course"
     return Path(root) / ("fast" if is_fast(fast) else "full")
 
 
+# Where a run's files live, not what it learns: left out when two recipes are compared.
+_LOCATION_FIELDS = {"out", "latents", "tokenizer", "data_path", "init", "num_workers"}
+
+
 def _check_recipe(path: Path, expected: dict, fast: bool | None) -> None:
     """Refuse a checkpoint whose stored recipe is not this mode's (e.g. FAST weights in full mode).
 
@@ -65,7 +69,8 @@ def _check_recipe(path: Path, expected: dict, fast: bool | None) -> None:
     stored = read_checkpoint(path).get("train_config")
     if stored is None:
         return
-    differ = sorted(k for k, v in expected.items() if stored.get(k) != v)
+    differ = sorted(k for k, v in expected.items()
+                    if k not in _LOCATION_FIELDS and stored.get(k) != v)
     if differ:
         mode = "FAST" if is_fast(fast) else "full"
         raise CheckpointError(
@@ -74,9 +79,18 @@ def _check_recipe(path: Path, expected: dict, fast: bool | None) -> None:
 
 
 def tiny_tokenizer_config(fast: bool | None = None) -> TokenizerTrainConfig:
-    """The course's tokenizer run: the tiny preset with the FAST or full recipe above."""
-    return TokenizerTrainConfig.preset("tiny", tokenizer_overrides=dict(COURSE_TOKENIZER),
-                                       **TOKENIZER_RECIPES[is_fast(fast)])
+    """The course's tokenizer run in FAST or full mode (:data:`TOKENIZER_RECIPES`)."""
+    preset, overrides = TOKENIZER_RECIPES[is_fast(fast)]
+    return TokenizerTrainConfig.preset(preset, **copy.deepcopy(overrides))
+
+
+def generator_config(fast: bool | None = None, **paths):
+    """The course's generator run in FAST or full mode (:data:`GENERATOR_RECIPES`); ``paths``
+    sets ``latents``, ``out`` and ``tokenizer``."""
+    from minieq.train_generator import GeneratorTrainConfig
+
+    preset, overrides = GENERATOR_RECIPES[is_fast(fast)]
+    return GeneratorTrainConfig.preset(preset, **copy.deepcopy(overrides), **paths)
 
 
 def tiny_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None = None,
@@ -95,7 +109,7 @@ def tiny_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None =
     device = torch.device(device) if device is not None else pick_device()
     cfg = tiny_tokenizer_config(fast)
     if path.exists() and not retrain:
-        _check_recipe(path, TOKENIZER_RECIPES[is_fast(fast)], fast)
+        _check_recipe(path, cfg.to_dict(), fast)
         return load_checkpoint(path, map_location=device)
     work = run_dir / "tokenizer_run"
     partial = work / "checkpoint.pt"
@@ -127,12 +141,12 @@ def tiny_latents(tokenizer, run_dir: str | os.PathLike | None = None, fast: bool
     return cache_latents(tokenizer, data, path, flips=True, batch_size=64)
 
 
-# The course generator: the "tiny" GeneratorTrainConfig preset (a 0.53M-parameter model sized
-# for a CPU). FAST: 400 steps of batch 32, measured 2 min 40 s on one shared CPU thread (final
-# loss ≈ 0.75; samples show each class's palette and horizon). MINIEQ_FAST=0 trains 10× longer.
+# The course generator. FAST: the "tiny" GeneratorTrainConfig preset (a 0.53M-parameter model
+# sized for a CPU), 400 steps of batch 32, measured 2 min 40 s on one shared CPU thread (final
+# loss ≈ 0.75; samples show each class's palette and horizon). Full: "course_gpu" (one GPU).
 GENERATOR_RECIPES = {
-    True: dict(max_steps=400),
-    False: dict(max_steps=4000, ema_decay=0.999, save_every=500),
+    True: ("tiny", dict(max_steps=400)),
+    False: ("course_gpu", {}),
 }
 
 
@@ -147,14 +161,13 @@ def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None
     checkpoint, metrics and sample grids to ``run_dir/generator_run`` and resumes from there
     if interrupted; ``generator.pt`` holds only the EMA weights and the latent scale.
     """
-    from minieq.train_generator import GeneratorTrainConfig
     from minieq.train_generator import train as train_generator
 
     run_dir = Path(run_dir) if run_dir is not None else course_dir(fast)
     path = run_dir / "generator.pt"
     device = torch.device(device) if device is not None else pick_device()
     if path.exists() and not retrain:
-        _check_recipe(path, GENERATOR_RECIPES[is_fast(fast)], fast)
+        _check_recipe(path, generator_config(fast).to_dict(), fast)
     else:
         work = run_dir / "generator_run"
         if retrain:
@@ -164,9 +177,8 @@ def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None
         if latents_path is None:
             tokenizer = tokenizer if tokenizer is not None else tiny_tokenizer(run_dir, fast=fast)
             latents_path = tiny_latents(tokenizer, run_dir, fast=fast)
-        cfg = GeneratorTrainConfig.preset(
-            "tiny", latents=str(latents_path), out=str(work),
-            tokenizer=str(tok_path) if tok_path.exists() else None, **GENERATOR_RECIPES[is_fast(fast)])
+        cfg = generator_config(fast, latents=str(latents_path), out=str(work),
+                               tokenizer=str(tok_path) if tok_path.exists() else None)
         ckpt = read_checkpoint(train_generator(cfg, device=device))
         gen = load_checkpoint(work / "generator.pt")  # EMA weights
         save_checkpoint(path, gen, latent_scale=ckpt["latent_scale"], train_config=cfg.to_dict())

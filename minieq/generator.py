@@ -36,7 +36,7 @@ from minieq.generator_sampling import CachedStream, RecomputeStream, StrictStrea
 
 @dataclass
 class GeneratorConfig(ConfigBase):
-    """Generator hyper-parameters (paper Tables 7/8, reference-spec §3.1). Presets: tiny S B L H."""
+    """Generator hyper-parameters (paper Tables 7/8, reference-spec §3.1). Presets: tiny course_gpu S B L H."""
 
     token_dim: int = 256             # C, the tokenizer's channels
     num_classes: int = 1000
@@ -65,6 +65,12 @@ class GeneratorConfig(ConfigBase):
         "B": dict(embed_dim=768, depth=24, num_heads=12, head_width=1024),
         "L": dict(embed_dim=1024, depth=32, num_heads=16, head_width=1280),
         "H": dict(embed_dim=1280, depth=40, num_heads=16, head_width=1536),
+        # One GPU (the course's full mode), for the "course_gpu" tokenizer's 64-channel tokens:
+        # 12 blocks of width 384 (ViT-S) and a 6 × 768 flow head, 48.5 M parameters (tiny 0.5 M,
+        # S 127 M). 50 Euler steps, half the paper's: a 1024-token strip of notebook 06 calls
+        # the head 50 times per token, one token after the other.
+        "course_gpu": dict(token_dim=64, num_classes=8, embed_dim=384, depth=12, num_heads=6,
+                           head_width=768, head_depth=6, num_sampling_steps=50),
     }
 
     def __post_init__(self):

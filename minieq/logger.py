@@ -7,13 +7,18 @@ import time
 from pathlib import Path
 from typing import Any, Iterable
 
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from minieq import dist
 
 
 def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
-    """A tqdm bar that stays silent on non-main ranks and when ``disable=True`` is passed."""
+    """A plain-text tqdm bar that stays silent on non-main ranks and when ``disable=True`` is passed.
+
+    Text, not ``tqdm.auto``'s Jupyter widget: Jupyter draws the text bar live just as well, and
+    an executed notebook stores it as text, which static viewers show, instead of a widget
+    reference that they render frozen at 0 %.
+    """
     kwargs["disable"] = kwargs.get("disable", False) or not dist.is_main()
     kwargs.setdefault("dynamic_ncols", True)
     return tqdm(iterable, **kwargs)

@@ -88,6 +88,20 @@ class TokenizerTrainConfig(ConfigBase):
         tokenizer_overrides=dict(ch=16, semantic_ch=16), num_images=16384, steps=16000,
         warmup=100, lr_decay_every=4000, lr_decay=0.5, ema_decay=0.999, log_every=50,
         image_every=1000, ckpt_every=250)}
+    # The course's full mode on one GPU: the "course_gpu" tokenizer (24.7 M parameters) on
+    # 128×128 SynthScapes, 16 tokens per image as in the paper's 256×256. 90 GFLOPs per image
+    # and step, so 50k steps of batch 64 come to ~0.85 A100-hours at 30 % of the bf16 peak
+    # (`python -m minieq.estimate`: an estimate, not a measurement; activations, counted: ≤ 25 GB in fp32, less under bf16,
+    # so a 40 GB A100 fits). 32768 images take 1.6 GB as 8-bit and are seen ~100 times (the
+    # paper: 50 ImageNet epochs). The LR lies between the paper's (1.92e-4, 214 M
+    # parameters) and tiny's (1e-3) and halves every quarter, as "course" does. Still L1 + KL
+    # only, so it runs offline; with a local VGG16 file LPIPS switches on (--lpips_weight 1
+    # --lpips_vgg_path vgg16-397923af.pth), for a third more FLOPs per step.
+    # num_workers stays 0: each worker would render and keep its own copy of the images.
+    PRESETS["course_gpu"] = {**PRESETS["tiny"], **dict(
+        tokenizer="course_gpu", num_images=32768, image_width=128, batch_size=64, steps=50_000,
+        lr=4e-4, warmup=1000, lr_decay_every=12_500, lr_decay=0.5, ema_decay=0.999,
+        log_every=100, image_every=2500, ckpt_every=2500)}
 
     def __post_init__(self):
         if isinstance(self.loss, dict):

@@ -1,5 +1,6 @@
-"""Pictures for the course and the README: image grids, panoramas, loss curves, and the
-token-by-token reconstruction of the paper's Fig. 2/8 (reference-spec §5).
+"""Pictures for the course and the README: image grids, panoramas, loss curves, the
+token-by-token reconstruction of the paper's Fig. 2/8 (reference-spec §5) and the token
+regenerations of its Fig. 6.
 
 Images are float tensors in [-1, 1], shape (B, 3, H, W) or (3, H, W). Every function that
 returns a picture returns a uint8 numpy array (H, W, 3), which PIL, imageio and matplotlib
@@ -185,6 +186,44 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, fps: float = 6,
     durations = [step_ms] * (len(frames) - 1) + [step_ms + 1000 * hold_last]  # ms per frame
     imageio.mimsave(path, [to_uint8(f) for f in frames], duration=durations, loop=0)
     return path
+
+
+def regeneration_picture(original: torch.Tensor, versions: Sequence[torch.Tensor],
+                         keep_masks: Sequence[torch.Tensor], column_width: int,
+                         gain: float | None = 4.0, bar: int = 3, padding: int = 2) -> np.ndarray:
+    """Paper Fig. 6 made readable: versions of a strip with their redrawn tokens marked.
+
+    Top to bottom: the original; then for each version a red bar over the token columns it
+    redrew (``keep_mask`` False), the version, and its change |version − original| (mean over
+    RGB; black = unchanged). The change is shown times ``gain`` (white = a change of 2 / gain
+    or more), or, with ``gain=None``, scaled so that each version's largest change is white.
+
+    :param original: (3, H, W) in [-1, 1].
+    :param versions: (3, H, W) images of the same size.
+    :param keep_masks: one (N,) bool mask per version, N = W / column_width.
+    :return: uint8 (H', W + 2·padding, 3).
+    """
+    if len(versions) != len(keep_masks):
+        raise ValueError(f"{len(versions)} versions but {len(keep_masks)} keep masks")
+    original = original.detach().float().cpu()
+    c, h, w = original.shape
+    white = torch.ones(c, padding, w)
+    rows = [white, original]
+    for version, keep in zip(versions, keep_masks):
+        version = version.detach().float().cpu()
+        if version.shape != original.shape or keep.shape != (w // column_width,):
+            raise ValueError(f"version {tuple(version.shape)} / keep mask {tuple(keep.shape)} do not fit "
+                             f"the original {tuple(original.shape)} with {column_width}-px columns")
+        redrawn = (~keep.cpu().bool()).repeat_interleave(column_width)  # (W,)
+        marker = torch.ones(c, bar, w)
+        marker[1:, :, redrawn] = -1  # red: R stays 1, G and B go to -1
+        change = (version - original).abs().mean(0)  # (H, W)
+        change = change / change.max().clamp_min(1e-12) if gain is None else change / 2 * gain
+        change = change.clamp(0, 1) * 2 - 1  # black (unchanged) .. white
+        rows += [white, marker, version, change.expand(c, h, w)]
+    picture = torch.cat(rows + [white], dim=1)  # (3, H', W)
+    side = torch.ones(c, picture.shape[1], padding)
+    return to_uint8(torch.cat([side, picture, side], dim=2))
 
 
 def plot_loss_curves(rows: Sequence[dict], keys: Sequence[str], smooth: float = 0.0,

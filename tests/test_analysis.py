@@ -105,7 +105,7 @@ def test_seam_score_detects_blocky_columns():
 
 def test_strip_statistics_reference_vs_itself_and_vs_a_drifting_strip():
     labels = torch.zeros(16, dtype=torch.long)
-    ref = render_synthscapes(labels, height=32, width=256, seed=0)
+    ref = render_synthscapes(torch.zeros(32, dtype=torch.long), height=32, width=256, seed=0)
     good = render_synthscapes(labels, height=32, width=256, seed=1)
     out = analysis.strip_statistics(good, ref, column_width=8, trained_tokens=16)
     assert out["mean_dist"].shape == (32,)
@@ -120,6 +120,23 @@ def test_strip_statistics_reference_vs_itself_and_vs_a_drifting_strip():
     assert s["mean_dist"] < 3 * s["floor_mean_dist"] + 0.05
     with pytest.raises(ValueError):
         analysis.strip_statistics(good[:, :, :, :128], ref, column_width=8)
+    with pytest.raises(ValueError, match="2 × 16"):
+        analysis.strip_statistics(good, ref[:31], column_width=8)
+
+
+def test_strip_statistics_floor_compares_samples_of_the_generated_size():
+    # "Generated" strips that are the reference's first half score exactly the floor: both
+    # distances compare the same B strips with the same other B strips.
+    ref = render_synthscapes(torch.zeros(12, dtype=torch.long), height=32, width=128, seed=0)
+    out = analysis.strip_statistics(ref[:6], ref, column_width=8)
+    for key in ("mean_dist", "std_dist", "energy_dist"):
+        torch.testing.assert_close(out[key], out[f"floor_{key}"])
+    # Blurring along x keeps the colour means but loses texture energy.
+    blurred = torch.nn.functional.avg_pool2d(ref[:6], (1, 9), stride=1, padding=(0, 4),
+                                             count_include_pad=False)
+    s = analysis.strip_statistics(blurred, ref, column_width=8)["summary"]
+    assert s["energy_generated"] < 0.6 * s["energy_reference"]
+    assert s["energy_dist"] > 3 * s["floor_energy_dist"]
 
 
 def test_time_sampling_reports_both_modes_and_identical_outputs():
@@ -139,6 +156,6 @@ def test_strip_statistics_texture_energy_counts_pairs_inside_each_column():
     ramp = torch.arange(4.0)  # 4-px columns
     row = torch.cat([a * ramp + 5 * k for k, a in enumerate(slopes)])  # (16,)
     images = row.expand(2, 3, 2, 16)
-    out = analysis.strip_statistics(images, torch.zeros(2, 3, 2, 16), column_width=4)
+    out = analysis.strip_statistics(images, torch.zeros(4, 3, 2, 16), column_width=4)
     assert torch.allclose(out["energy_dist"], slopes, atol=1e-6)
     assert torch.allclose(out["floor_energy_dist"], torch.zeros(4))

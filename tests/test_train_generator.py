@@ -191,7 +191,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path, latents, monkeypatch):
 def test_course_tiny_generator_trains_once_then_loads(tmp_path, latents, monkeypatch):
     from minieq import course
 
-    monkeypatch.setitem(course.GENERATOR_RECIPES, True, dict(max_steps=2, model_overrides=dict(MICRO)))
+    monkeypatch.setitem(course.GENERATOR_RECIPES, True, ("tiny", dict(max_steps=2, model_overrides=dict(MICRO))))
     gen, scale = course.tiny_generator(latents_path=latents, run_dir=tmp_path, fast=True)
     saved = read_checkpoint(tmp_path / "generator.pt")
     assert saved["latent_scale"] == scale and not gen.training

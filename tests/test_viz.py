@@ -143,3 +143,22 @@ def test_tokenizer_demo_writes_figures_and_reference_scores(tiny_tokenizer, tmp_
     # network is below all of them.
     assert summary["baseline_column_mean_psnr_db"] > summary["baseline_column_pca_psnr_db"] > \
         summary["baseline_row_mean_psnr_db"] > summary["heldout_psnr_db"]
+
+
+def test_regeneration_picture_marks_the_redrawn_columns_and_shows_the_change():
+    original = torch.zeros(3, 4, 16)  # grey, four 4-px columns
+    version = original.clone()
+    version[..., 8:12] = 1.0  # column 2 redrawn (white)
+    keep = torch.tensor([True, True, False, True])
+    pic = viz.regeneration_picture(original, [version], [keep], column_width=4, gain=2.0, bar=3, padding=2)
+    # Rows: pad, original (4), pad, bar (3), version (4), change (4), pad; columns: pad, 16, pad.
+    assert pic.shape == (2 + 4 + 2 + 3 + 4 + 4 + 2, 20, 3) and pic.dtype == np.uint8
+    bar = pic[8:11, 2:18]
+    assert (bar[:, 8:12] == [255, 0, 0]).all() and (bar[:, :8] == 255).all()  # red over column 2 only
+    change = pic[15:19, 2:18, 0]
+    assert (change[:, 8:12] == 255).all() and (change[:, :8] == 0).all()  # |1 - 0| / 2 · 2 = 1: white
+    version[..., 0, :4] = 0.1  # a small change in column 0: white after scaling to the maximum
+    pic = viz.regeneration_picture(original, [version], [keep], column_width=4, gain=None)
+    assert (pic[15:19, 2:18, 0][:, 8:12] == 255).all() and 20 < pic[15, 2, 0] < 30  # 0.1 of the way
+    with pytest.raises(ValueError, match="keep mask"):
+        viz.regeneration_picture(original, [version], [keep[:3]], column_width=4)
