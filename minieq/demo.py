@@ -1,14 +1,21 @@
 """``make demo``: the whole minieq pipeline in fast CPU mode, writing pictures to ``--out``.
 
-1. data: a SynthScapes class grid (32×128, one row per class) and an 8×-wide ground-truth strip;
-2. tokenizer: train the tiny column tokenizer (or load it), report held-out PSNR/SSIM, save
-   reconstructions and the token-by-token reconstruction (paper Fig. 2/8) as PNG + GIF;
-3. latents: encode the training set once, with horizontal flips;
-4. generator: train the tiny windowed-causal generator on those latents (or load it);
-5. samples: every class at the training width, and long images 8× and 64× the training width
-   (paper Fig. 5), sampled with the sliding-window KV cache and decoded in bounded memory.
+Two sets of models are shown side by side, labelled in every figure: the **pretrained course
+models** shipped with minieq (hours of CPU training, :mod:`minieq.pretrained`), and the FAST
+models trained **from scratch** here in a few CPU minutes.
 
-Every trained model lands in ``<out>/models`` and is reused by the next run; ``summary.json``
+1. data: a SynthScapes class grid (32×128, one row per class) and an 8×-wide ground-truth strip;
+2. tokenizers: held-out PSNR/SSIM against three no-training baselines, reconstructions and the
+   token-by-token reconstruction (paper Fig. 2/8) as PNG + GIF;
+3. latents and generator: the FAST tokenizer's training set encoded once (with flips), then
+   the tiny windowed-causal generator trained on it (or loaded);
+4. samples: every class at the training width, long images 8× and 64× the training width (paper
+   Fig. 5), sampled with the sliding-window KV cache and decoded in bounded memory, and the
+   regeneration of chosen tokens (paper Fig. 6);
+5. an offline Fréchet distance (EfficientNet-Lite0 features; not comparable with published FID)
+   of each model's reconstructions and samples, next to its floor and the PCA codec.
+
+FAST models land in ``<out>/models/fast`` and are reused by the next run; ``summary.json``
 holds the measured numbers. Usage: ``python -m minieq.demo --out runs/demo``.
 """
 from __future__ import annotations
@@ -39,10 +46,15 @@ def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dic
 
 
 @torch.no_grad()
-def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0) -> dict:
-    """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure."""
+def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0, tag: str = "",
+                       baselines: bool = True) -> dict:
+    """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure.
+
+    Files are named ``reconstructions{tag}.png`` and ``token_by_token{tag}.png/.gif``;
+    ``baselines`` adds the no-training references (row/column means, the PCA column codec).
+    """
     from minieq.data import SynthScapes
-    from minieq.metrics import ColumnPCA, baseline_reconstructions, psnr, ssim
+    from minieq.metrics import baseline_reconstructions, psnr, ssim
     from minieq.viz import frames_strip, reconstruction_grid, save_gif, token_by_token_frames
 
     cfg = tokenizer.config
@@ -52,60 +64,155 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
     x = torch.stack([val[i][0] for i in range(len(val))]).to(device)  # (B, 3, H, W)
     tokens = tokenizer.encode(x)  # (B, N, C) posterior means
     recon = tokenizer.decode(tokens).clamp(-1, 1)
-    Image.fromarray(reconstruction_grid(x[:8].cpu(), recon[:8].cpu())).save(out_dir / "reconstructions.png")
+    Image.fromarray(reconstruction_grid(x[:8].cpu(), recon[:8].cpu())).save(out_dir / f"reconstructions{tag}.png")
     # The random tokens take the per-channel statistics of the whole held-out batch, as in
     # notebook 02, rather than those of the one image being revealed.
     frames = token_by_token_frames(tokenizer, x[0], generator=torch.Generator().manual_seed(seed),
                                    reference=tokens)
-    save_gif(frames, out_dir / "token_by_token.gif")
-    Image.fromarray(frames_strip(frames)).save(out_dir / "token_by_token.png")
-    baselines = {f"baseline_{name}_psnr_db": float(psnr(x, b).mean())
-                 for name, b in baseline_reconstructions(x, cfg.column_width).items()}
-    # The best linear codec with the same token budget, fitted on training images.
-    train = SynthScapes(1024, height=cfg.image_height, width=x.shape[-1], seed=seed, split="train")
-    pca = ColumnPCA(torch.stack([train[i][0] for i in range(len(train))]), cfg.column_width, cfg.embed_dim)
-    baselines["baseline_column_pca_psnr_db"] = float(psnr(x.cpu(), pca(x.cpu())).mean())
-    return {"heldout_psnr_db": float(psnr(x, recon).mean()), "heldout_ssim": float(ssim(x, recon).mean()),
-            "heldout_images": num_images, **baselines}
+    save_gif(frames, out_dir / f"token_by_token{tag}.gif")
+    Image.fromarray(frames_strip(frames)).save(out_dir / f"token_by_token{tag}.png")
+    summary = {"heldout_psnr_db": float(psnr(x, recon).mean()), "heldout_ssim": float(ssim(x, recon).mean()),
+               "heldout_images": num_images}
+    if baselines:
+        summary.update({f"baseline_{name}_psnr_db": float(psnr(x, b).mean())
+                        for name, b in baseline_reconstructions(x, cfg.column_width).items()})
+        # The best linear codec with the same token budget, fitted on training images.
+        pca = fit_column_pca(cfg, x.shape[-1], seed)
+        summary["baseline_column_pca_psnr_db"] = float(psnr(x.cpu(), pca(x.cpu())).mean())
+    return summary
+
+
+def fit_column_pca(cfg, width: int, seed: int = 0, num_images: int = 1024):
+    """:class:`minieq.metrics.ColumnPCA` with the tokenizer's budget, fitted on training renders."""
+    from minieq.data import SynthScapes
+    from minieq.metrics import ColumnPCA
+
+    train = SynthScapes(num_images, height=cfg.image_height, width=width, seed=seed, split="train")
+    return ColumnPCA(torch.stack([train[i][0] for i in range(len(train))]), cfg.column_width, cfg.embed_dim)
 
 
 @torch.no_grad()
-def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4, seed: int = 0) -> dict:
-    """Class samples at the training width, and long panoramas 8× and 64× wider."""
+def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4, seed: int = 0,
+                      tag: str = "", long_factors: tuple[int, ...] = (8, 64)) -> dict:
+    """Class samples at the training width (``samples_by_class{tag}.png``), long panoramas
+    ``long_{factor}x{tag}_<class>.png`` and the regeneration figure ``regeneration{tag}.png``."""
     from minieq.analysis import seam_score
 
     num_classes = pipe.generator.config.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, 16 columns)
-    save_image_grid(out_dir / "samples_by_class.png", samples.cpu(), nrow=per_class)
+    save_image_grid(out_dir / f"samples_by_class{tag}.png", samples.cpu(), nrow=per_class)
     train_width = pipe.DEFAULT_TOKENS * pipe.column_width
     stats = {"cfg": cfg}
-    for factor, classes in ((8, range(num_classes)), (64, (0, 3))):
+    for factor in long_factors:
+        classes = range(num_classes) if factor <= 8 else (0, 3)  # 64×: mountains and forest
         start = time.perf_counter()
         long = pipe.generate(list(classes), width=factor * train_width, cfg=cfg, seed=seed)
         stats[f"long_{factor}x_seconds"] = round(time.perf_counter() - start, 1)
         stats[f"long_{factor}x_seam_score"] = seam_score(long, pipe.column_width)
-        rows = 1 if factor == 8 else 8  # wrap the 64× strips so the PNG stays viewable
+        rows = 1 if factor <= 8 else 8  # wrap the 64× strips so the PNG stays viewable
         for label, image in zip(classes, long):
             Image.fromarray(panorama(image.cpu(), rows=rows)).save(
-                out_dir / f"long_{factor}x_{SYNTHSCAPES_CLASSES[label]}.png")
+                out_dir / f"long_{factor}x{tag}_{SYNTHSCAPES_CLASSES[label]}.png")
+    run_regeneration_demo(pipe, out_dir / f"regeneration{tag}.png", cfg=cfg, seed=seed)
     return stats
 
 
+@torch.no_grad()
+def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num_tokens: int = 48) -> Path:
+    """Paper Fig. 6: a 3×-wide mountain strip, its right half redrawn twice and a middle span
+    redrawn once, each redrawn span marked in red above its version and its change below."""
+    from minieq.viz import regeneration_picture
+
+    tokens = pipe.sample_tokens([0], num_tokens, cfg=cfg, seed=seed)  # (1, N, C)
+    idx = torch.arange(num_tokens)
+    masks = [idx < num_tokens // 2, idx < num_tokens // 2,
+             (idx < num_tokens // 2 - 4) | (idx >= num_tokens // 2 + 4)]
+    versions = [pipe.regenerate(tokens, keep, [0], cfg=cfg, seed=seed + 1 + i)[0][0]
+                for i, keep in enumerate(masks)]
+    picture = regeneration_picture(pipe.decode(tokens)[0], versions, masks, pipe.column_width)
+    Image.fromarray(picture).save(path)
+    return path
+
+
+@torch.no_grad()
+def run_fd_demo(tokenizers: dict, pipes: dict, num_images: int = 128, cfg: float = 3.0,
+                seed: int = 0) -> dict[str, dict[str, float]]:
+    """Offline FD / KID to training renders of held-out renders (the floor), the PCA codec, each
+    tokenizer's reconstructions and each generator's class samples (equal class mix and size).
+
+    EfficientNet-Lite0 features: NOT comparable with published FID numbers (Inception-v3).
+    """
+    from minieq.metrics import frechet_distance, image_features, kid
+    from minieq.pretrained import heldout_images
+    from minieq.synthscapes import render_synthscapes
+
+    first = next(iter(tokenizers.values())).config
+    h, w = first.image_height, 16 * first.column_width
+    labels = torch.arange(num_images) % len(SYNTHSCAPES_CLASSES)
+    train = render_synthscapes(labels, h, w, seed=seed)  # (num_images, 3, H, W) training renders
+    real = image_features(train)
+    heldout = heldout_images(h, w, num_images, seed)  # the same class mix (image i: class i mod 8)
+    sets = {"held-out renders (floor)": heldout,
+            "PCA column codec": fit_column_pca(first, w, seed)(heldout)}
+    for name, tok in tokenizers.items():
+        device = next(tok.parameters()).device
+        sets[f"{name} tokenizer reconstructions"] = torch.cat(
+            [tok.decode(tok.encode(b.to(device))).clamp(-1, 1).cpu() for b in heldout.split(64)])
+    for name, pipe in pipes.items():
+        sets[f"{name} samples (cfg {cfg:g})"] = torch.cat(
+            [pipe.generate(b, cfg=cfg, seed=seed + i).cpu() for i, b in enumerate(labels.split(64))])
+    scores = {}
+    for name, images in sets.items():
+        fake = image_features(images)
+        kid_mean, kid_std = kid(real, fake, subsets=100, subset_size=num_images)
+        scores[name] = {"fd_lite0": frechet_distance(real, fake), "kid_lite0": kid_mean, "kid_lite0_std": kid_std}
+    return scores
+
+
+def load_pretrained(device) -> tuple | None:
+    """``(tokenizer, generator, latent_scale)`` shipped with minieq, or None (reason printed)."""
+    from minieq.checkpoint import CheckpointError
+    from minieq.pretrained import pretrained_generator, pretrained_tokenizer
+
+    try:
+        tok = pretrained_tokenizer(device)
+        gen, scale = pretrained_generator(device)
+    except CheckpointError as err:
+        print(f"[pretrained] not available, showing the from-scratch models only: {err}")
+        return None
+    return tok, gen, scale
+
+
+def compare_figure(out_dir: Path, name: str, labels: dict[str, str]) -> Path:
+    """``<name>.png``: the per-model pictures ``<name>_<model>.png`` stacked, each under its label."""
+    import numpy as np
+
+    from minieq.viz import labelled_stack
+
+    panels = [(label, np.asarray(Image.open(out_dir / f"{name}_{model}.png").convert("RGB")))
+              for model, label in labels.items()]
+    return labelled_stack(panels, out_dir / f"{name}.png")
+
+
 def main(argv=None) -> dict:
+    from minieq.checkpoint import read_checkpoint
     from minieq.course import tiny_generator, tiny_latents, tiny_tokenizer
     from minieq.pipeline import Pipeline
+    from minieq.pretrained import TOKENIZER_FILE
     from minieq.utils import pick_device, seed_everything
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
-    parser.add_argument("--full", action="store_true", help="train the longer (GPU) recipes, not FAST")
+    parser.add_argument("--full", action="store_true", help="train the full-mode (GPU) recipes, not FAST")
     parser.add_argument("--data-only", action="store_true", help="only render the SynthScapes pictures")
+    parser.add_argument("--fd-images", type=int, default=128, help="images per set for the offline FD")
     args = parser.parse_args(argv)
     seed_everything(args.seed)
-    out, models, fast = args.out, args.out / "models", not args.full
+    out, fast = args.out, not args.full
+    models = out / "models" / ("fast" if fast else "full")
     device = pick_device()
     timings = {}
 
@@ -121,23 +228,56 @@ def main(argv=None) -> dict:
         print(f"[data] {name}: {path}")
     if args.data_only:
         return {}
-    print(f"[tokenizer] device {device}; loading or training the tiny tokenizer in {models}")
-    tok = stage("tokenizer", lambda: tiny_tokenizer(models, fast=fast, device=device))
-    summary = stage("reconstruction", lambda: run_tokenizer_demo(tok, out, seed=args.seed))
-    print(f"[reconstruction] held-out PSNR {summary['heldout_psnr_db']:.2f} dB, SSIM {summary['heldout_ssim']:.3f} "
-          f"(no-model baselines: row mean {summary['baseline_row_mean_psnr_db']:.2f} dB, "
-          f"column mean {summary['baseline_column_mean_psnr_db']:.2f} dB; a linear codec with the "
-          f"same {tok.config.embed_dim} numbers per column, fitted by PCA: "
-          f"{summary['baseline_column_pca_psnr_db']:.2f} dB)")
-    latents = stage("latents", lambda: tiny_latents(tok, models, fast=fast))
-    gen, scale = stage("generator", lambda: tiny_generator(tok, latents, models, fast=fast, device=device))
-    pipe = Pipeline(tok, gen, scale)
-    summary.update(stage("sampling", lambda: run_sampling_demo(pipe, out, cfg=args.cfg, seed=args.seed)))
-    summary.update(latent_scale=scale, seconds=timings)
+    pretrained = stage("pretrained", lambda: load_pretrained(device))
+    labels, tokenizers, pipes = {}, {}, {}
+    if pretrained is not None:
+        steps = read_checkpoint(TOKENIZER_FILE)["step"]
+        labels["pretrained"] = f"pretrained course model (shipped; tokenizer trained {steps} steps, hours on a CPU)"
+        tokenizers["pretrained"] = pretrained[0]
+        pipes["pretrained"] = Pipeline(*pretrained)
+    labels["scratch"] = "from scratch here (FAST: a few CPU minutes)" if fast else "from scratch here (full mode)"
+    print(f"[tokenizer] device {device}; loading or training the from-scratch tokenizer in {models}")
+    tokenizers["scratch"] = stage("tokenizer", lambda: tiny_tokenizer(models, fast=fast, device=device))
+
+    summary = {"models": {name: {"label": label} for name, label in labels.items()}}
+    for name, tok in tokenizers.items():
+        rec = stage(f"reconstruction {name}", lambda: run_tokenizer_demo(
+            tok, out, seed=args.seed, tag=f"_{name}", baselines=name == "scratch"))
+        if name == "scratch":
+            summary["baselines"] = {k: rec.pop(k) for k in list(rec) if k.startswith("baseline_")}
+        summary["models"][name].update(rec)
+        print(f"[reconstruction] {labels[name]}: held-out PSNR {rec['heldout_psnr_db']:.2f} dB, "
+              f"SSIM {rec['heldout_ssim']:.3f}")
+    b = summary["baselines"]
+    print(f"[reconstruction] no-training baselines: row mean {b['baseline_row_mean_psnr_db']:.2f} dB, "
+          f"column mean {b['baseline_column_mean_psnr_db']:.2f} dB; a linear codec with the same "
+          f"{tokenizers['scratch'].config.embed_dim} numbers per column, fitted by PCA: "
+          f"{b['baseline_column_pca_psnr_db']:.2f} dB")
+
+    latents = stage("latents", lambda: tiny_latents(tokenizers["scratch"], models, fast=fast))
+    gen, scale = stage("generator", lambda: tiny_generator(tokenizers["scratch"], latents, models,
+                                                          fast=fast, device=device))
+    pipes["scratch"] = Pipeline(tokenizers["scratch"], gen, scale)
+    for name, pipe in pipes.items():
+        # Long strips from the default model (the pretrained one when shipped); 8× for both.
+        factors = (8, 64) if name == next(iter(pipes)) else (8,)
+        summary["models"][name].update(stage(f"sampling {name}", lambda: run_sampling_demo(
+            pipe, out, cfg=args.cfg, seed=args.seed, tag=f"_{name}", long_factors=factors)))
+        summary["models"][name]["latent_scale"] = pipe.latent_scale
+    for figure in ("reconstructions", "token_by_token", "samples_by_class", "regeneration"):
+        compare_figure(out, figure, labels)
+
+    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, args.fd_images, cfg=args.cfg, seed=args.seed))
+    summary["fd_lite0"] = fd
+    print(f"[fd] offline Fréchet distance / KID to {args.fd_images} training renders, {args.fd_images} "
+          "images per set, on EfficientNet-Lite0 features (NOT comparable with published FID numbers):")
+    for name, v in fd.items():
+        print(f"[fd]   {name:<40} FD {v['fd_lite0']:8.2f}   KID {v['kid_lite0']:.4f} ± {v['kid_lite0_std']:.4f}")
+    summary["seconds"] = timings
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(f"[done] pictures in {out}/: synthscapes_classes.png, reconstructions.png, token_by_token.gif, "
-          f"samples_by_class.png, long_8x_*.png, long_64x_*.png; numbers in {out}/summary.json")
-    print(json.dumps(summary, indent=2))
+    print(f"[done] pictures in {out}/ (each comparing the models, labelled): reconstructions.png, "
+          f"token_by_token.png, samples_by_class.png, regeneration.png; per model: *_pretrained.png / "
+          f"*_scratch.png, token_by_token_*.gif, long_8x_*.png, long_64x_*.png; numbers in {out}/summary.json")
     return summary
 
 

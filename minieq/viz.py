@@ -226,6 +226,35 @@ def regeneration_picture(original: torch.Tensor, versions: Sequence[torch.Tensor
     return to_uint8(torch.cat([side, picture, side], dim=2))
 
 
+def labelled_stack(panels: Sequence[tuple[str, np.ndarray]], path: str | Path, scale: float = 2.0,
+                   dpi: int = 100) -> Path:
+    """Save pictures one under the other, each with its label above it, as one PNG.
+
+    Used to show the same figure for several models (e.g. pretrained vs from scratch) so that a
+    learner never has to guess which model made which picture.
+
+    :param panels: ``(label, uint8 (H, W, 3) picture)`` pairs, drawn top to bottom.
+    :param scale: screen pixels per picture pixel (small course images need enlarging).
+    """
+    # A bare Figure (no pyplot): nothing is shown and no notebook backend is touched.
+    from matplotlib.figure import Figure
+
+    if not panels:
+        raise ValueError("labelled_stack needs at least one (label, picture) pair")
+    width = max(p.shape[1] for _, p in panels) * scale / dpi
+    heights = [p.shape[0] * scale / dpi + 0.3 for _, p in panels]  # + room for the label
+    fig = Figure(figsize=(width, sum(heights)), dpi=dpi)
+    axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, (label, picture) in zip(axes[:, 0], panels):
+        ax.imshow(picture, interpolation="nearest")
+        ax.set_title(label, loc="left", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout(pad=0.2)
+    path = Path(path)
+    fig.savefig(path)
+    return path
+
+
 def plot_loss_curves(rows: Sequence[dict], keys: Sequence[str], smooth: float = 0.0,
                      logy: bool = False, ax=None, dpi: int = 60):
     """Plot ``keys`` from metric rows (``minieq.logger.read_jsonl``) against their ``step``.
