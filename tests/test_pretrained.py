@@ -4,7 +4,7 @@ import torch
 
 import minieq.train_tokenizer as tt
 from minieq import pretrained
-from minieq.checkpoint import CheckpointError, read_checkpoint
+from minieq.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from minieq.tokenizer import ColumnTokenizer
 
 MICRO = dict(ch=8, ch_mult=[1, 1, 1, 1], num_groups=4, z_channels=4, embed_dim=8, attn_resolutions=[],
@@ -42,6 +42,26 @@ def test_export_stores_half_weights_recipe_and_reproducible_psnr(tmp_path, monke
     rerun = read_checkpoint(out)
     assert rerun["step"] == 2
     assert all(torch.equal(v, raw["state_dict"][k]) for k, v in rerun["state_dict"].items())
+
+
+def test_export_of_a_generator_run_keeps_its_latent_scale(tmp_path, monkeypatch):
+    from minieq.generator import Generator, GeneratorConfig
+
+    gen = Generator(GeneratorConfig.preset("tiny", embed_dim=16, depth=1, num_heads=2, head_width=16,
+                                           head_depth=1))
+    ema = {k: v + 1 if v.is_floating_point() else v for k, v in gen.state_dict().items()}
+    run = save_checkpoint(tmp_path / "run.pt", gen, ema_state_dict=ema, train_state={"step": 3},
+                          train_config={"max_steps": 3}, latent_scale=0.25)
+    out = tmp_path / "course_generator.pt"
+    pretrained.export(run, out, "python -m minieq.pretrained generator", latents={"flips": True})
+    monkeypatch.setattr(pretrained, "GENERATOR_FILE", out)
+    loaded, scale = pretrained.pretrained_generator(device="cpu")
+    assert scale == 0.25 and read_checkpoint(out)["step"] == 3
+    assert read_checkpoint(out)["latents"] == {"flips": True}
+    for name, value in loaded.state_dict().items():  # the EMA weights, rounded to half precision
+        torch.testing.assert_close(value, ema[name].half().to(value.dtype))
+    with pytest.raises(CheckpointError, match="not a training checkpoint"):
+        pretrained.export(out, tmp_path / "again.pt", "x")
 
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):
