@@ -42,7 +42,7 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
     for figure in ("reconstructions", "token_by_token", "samples_by_class", "regeneration"):
         for model in ("", "_pretrained", "_scratch"):
             assert (out / f"{figure}{model}.png").stat().st_size > 0
-    assert (out / "long_64x_pretrained_mountains.png").is_file()  # long strips from the default model
+    assert (out / "long_64x_pretrained_forest.png").is_file()  # long strips from the default model
     assert not list(out.glob("long_*_scratch_*.png"))
     fd = summary["fd_lite0"]
     assert {"held-out renders (floor)", "PCA column codec", "pretrained samples (cfg 3)",
@@ -62,4 +62,4 @@ def test_demo_without_pretrained_models_shows_the_scratch_ones(tmp_path, monkeyp
     summary = main(["--out", str(tmp_path / "demo"), "--fd-images", "16"])
     assert set(summary["models"]) == {"scratch"}
     assert "not available" in capsys.readouterr().out
-    assert (tmp_path / "demo" / "long_64x_scratch_mountains.png").is_file()
+    assert (tmp_path / "demo" / "long_64x_scratch_forest.png").is_file()
