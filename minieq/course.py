@@ -2,7 +2,7 @@
 training them from scratch (artifacts in ``runs/course/fast/`` or ``runs/course/full/``).
 
 :func:`pretrained_tokenizer` and :func:`pretrained_generator` (from :mod:`minieq.pretrained`) are
-what the notebooks and the demo show by default. The ``tiny_*`` helpers load their artifact if
+what the demo shows by default, beside the from-scratch models. The ``tiny_*`` helpers load their artifact if
 it exists and train (or compute) it otherwise, so the notebooks can run in any order and a second
 run costs nothing (the uvadlc pattern, style.md).
 
@@ -44,6 +44,7 @@ TOKENIZER_RECIPES = {
     False: ("course_gpu", {}),
 }
 LATENT_IMAGES = {True: 2048, False: 32768}  # SynthScapes training images (×2 rows with flips)
+
 
 def is_fast(fast: bool | None = None) -> bool:
     """``fast`` if given, else ``$MINIEQ_FAST`` ("0" means full mode; unset means FAST)."""

@@ -102,19 +102,14 @@ class GeneratorTrainConfig(ConfigBase):
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
                      save_every=100, model_overrides=dict(embed_dim=64, depth=4, num_heads=2,
                                                           head_width=128, head_depth=2)),
-        # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M
-        # parameters, 4.7 MB in half precision) on the course tokenizer's latents (32768 rows
-        # with flips). 8000 steps of batch 32, 8 epochs, ~1.4 CPU-hours (0.63 s/step measured on
-        # one thread); LR 5e-4 constant after 256 steps, EMA over ~1000 steps.
+        # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M params),
+        # 8 epochs of the course latents, ~1.4 CPU-hours (0.63 s/step measured on one thread).
         "course": dict(model="tiny", global_batch=32, max_steps=8000, warmup_epochs=0.25, blr=4e-3,
                        ema_decay=0.999, diffusion_batch_mul=2, num_workers=0, log_every=50,
                        save_every=250, sample_every=2000),
-        # The course's full mode on one GPU: the "course_gpu" model (48.5 M parameters) on its
-        # tokenizer's latents (16 × 64; 32768 images + flips = 65536 rows). 11.8 GFLOPs per row
-        # and step: 50k steps of batch 512 ≈ 0.9 A100-hours at 30 % of the bf16 peak (an
-        # estimate: `python -m minieq.estimate`), ~390 epochs (paper: 1200). LR by the paper's
-        # rule (blr 1e-4 → 2e-4), constant after 10 epochs (1280 steps); EMA 0.9995 averages
-        # ~2000 steps (0.9999 would average a fifth of the run). Workers collate 512 rows/step.
+        # Full mode on one GPU: the "course_gpu" model (48.5 M params) on 65536 latent rows; 50k
+        # steps of batch 512 ≈ 0.9 A100-hours (an estimate: python -m minieq.estimate), ~390
+        # epochs; the paper's LR rule (2e-4), EMA 0.9995 (0.9999 would average 1/5 of the run).
         "course_gpu": dict(model="course_gpu", synth_images=32768, global_batch=512,
                            max_steps=50_000, warmup_epochs=10.0, ema_decay=0.9995, num_workers=4,
                            log_every=50, save_every=2500, sample_every=5000),
