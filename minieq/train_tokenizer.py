@@ -82,7 +82,7 @@ class TokenizerTrainConfig(ConfigBase):
                                reduction="mean")),
     }
     # The pretrained course tokenizer shipped with the package (minieq.course.pretrained_tokenizer):
-    # the tiny preset at half width (ch 16, as the FAST course run) trained ~30x longer. The LR
+    # the tiny preset at half width (ch 16, as the FAST course run) trained 32x longer. The LR
     # halves every 4000 steps, a schedule that can be extended without changing its past.
     PRESETS["course"] = {**PRESETS["tiny"], **dict(
         tokenizer_overrides=dict(ch=16, semantic_ch=16), num_images=16384, steps=16000,
