@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from minieq.utils import eval_mode
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, 3, H, W) or (3, H, W) in [-1, 1] → uint8 (B, H, W, 3) or (H, W, 3), clamped."""
@@ -150,9 +152,7 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"token_by_token_frames takes one image, got {tuple(image.shape)}")
     device = next(tokenizer.parameters()).device
-    was_training = tokenizer.training
-    tokenizer.eval()
-    try:
+    with eval_mode(tokenizer):
         # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses (§5 step 3).
         z = tokenizer.encode(image.to(device), sample=sample, generator=generator)
         if noise is None:
@@ -164,8 +164,6 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
         mixed = torch.where(keep[..., None], z, noise)
         frames = [tokenizer.decode(chunk).clamp(-1, 1).cpu()
                   for chunk in mixed.split(batch_size)]
-    finally:
-        tokenizer.train(was_training)
     return list(torch.cat(frames))
 
 
