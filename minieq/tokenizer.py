@@ -14,6 +14,7 @@ Shape legend: B batch, N tokens, C token channels, H/W image height/width, Hf fi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -23,6 +24,9 @@ from torch import nn
 from minieq.checkpoint import register_model
 from minieq.config import ConfigBase
 from minieq.tokenizer_blocks import Decoder, Encoder, SemanticDecoder, conv1d, conv2d
+
+# Larger pixel magnitudes mean [0, 255] images, not [-1, 1] ones (see ColumnTokenizer._check_pixels).
+_MAX_ABS_PIXEL = 4.0
 
 
 @dataclass
@@ -219,6 +223,23 @@ class ColumnTokenizer(nn.Module):
                              f"{cfg.column_width} and at least {2 * cfg.column_width} "
                              "(two tokens, for reflect padding)")
 
+    @staticmethod
+    def _check_pixels(x: torch.Tensor) -> None:
+        """Catch the common input mistakes (uint8, [0, 255], NaN/inf) with one clear error each.
+
+        A [0, 1] image cannot be told from a bright [-1, 1] one, so it passes. The bound is loose
+        because unclamped decoder outputs (up to about ±2.5) may be encoded again.
+        """
+        if not x.is_floating_point():
+            raise ValueError(f"images must be a float tensor in [-1, 1], got dtype {x.dtype}; "
+                             "for uint8 images use x.float() / 127.5 - 1")
+        peak = float(x.detach().abs().amax())
+        if not math.isfinite(peak):
+            raise ValueError("images contain NaN or inf values")
+        if peak > _MAX_ABS_PIXEL:
+            raise ValueError(f"images must be in [-1, 1], got values up to {peak:g}; "
+                             "for [0, 255] images use x / 127.5 - 1")
+
     def _check_tokens(self, z: torch.Tensor) -> None:
         cfg = self.config
         if z.dim() != 3 or z.shape[-1] != cfg.embed_dim:
@@ -234,6 +255,7 @@ class ColumnTokenizer(nn.Module):
     def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → posterior mean tokens (B, N, C)."""
         self._check_images(x)
+        self._check_pixels(x)
         moments = self.quant_layer(self.encoder(x))  # column (B, C, N); grid (B, C, Hf, Wf)
         return moments.flatten(2).transpose(1, 2)  # -> (B, N, C); grid: raster order
 
