@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from minieq.checkpoint import register_model
@@ -257,7 +258,7 @@ class ColumnTokenizer(nn.Module):
         self._check_images(x)
         self._check_pixels(x)
         moments = self.quant_layer(self.encoder(x))  # column (B, C, N); grid (B, C, Hf, Wf)
-        return moments.flatten(2).transpose(1, 2)  # -> (B, N, C); grid: raster order
+        return rearrange(moments, "b c ... -> b (...) c")  # -> (B, N, C); grid: raster order (row by row)
 
     def encode(self, x: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -265,7 +266,8 @@ class ColumnTokenizer(nn.Module):
         mean = self.posterior_mean(x)
         return sigma_vae_sample(mean, self.config.noise_std, generator) if sample else mean
 
-    def kl(self, mean: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def kl(mean: torch.Tensor) -> torch.Tensor:
         """(B,) the official 'KL': 0.5·Σ mean² per sample, an L2 penalty (reference-spec §1.5)."""
         return 0.5 * mean.pow(2).flatten(1).sum(dim=1)
 
@@ -273,9 +275,10 @@ class ColumnTokenizer(nn.Module):
     def tokens_to_map(self, z: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, C) → the decoder's input map (B, z_channels, Hf, N / rows)."""
         self._check_tokens(z)
-        h = z.transpose(1, 2)  # (B, N, C) -> (B, C, N)
         if self.config.layout == "grid":
-            h = h.unflatten(2, (self.config.final_height, -1))  # (B, C, N) -> (B, C, Hf, Wf)
+            h = rearrange(z, "b (hf wf) c -> b c hf wf", hf=self.config.final_height)  # raster order
+        else:
+            h = rearrange(z, "b n c -> b c n")
         return self.decoder.to_map(self.post_quant_layer(h))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
