@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 
 from minieq.utils import eval_mode
 
@@ -102,11 +104,9 @@ def panorama(image: torch.Tensor, rows: int = 1, padding: int = 2) -> np.ndarray
         image = image[0]
     width = image.shape[-1]
     piece = -(-width // rows)  # ceil division
-    pieces = [image[..., i * piece:(i + 1) * piece] for i in range(rows)]
-    full = torch.ones(rows, *image.shape[:-1], piece)  # white background, (rows, 3, H, piece)
-    for i, p in enumerate(pieces):
-        full[i, ..., :p.shape[-1]] = p.cpu()
-    return image_grid(full, nrow=1, padding=padding)
+    padded = F.pad(image.cpu(), (0, rows * piece - width), value=1.0)  # white on the right: (3, H, rows·piece)
+    lines = rearrange(padded, "c h (r w) -> r c h w", r=rows)  # (rows, 3, H, piece), left to right
+    return image_grid(lines, nrow=1, padding=padding)
 
 
 def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None,
