@@ -1,4 +1,4 @@
-# Two commands on a fresh machine: `make demo` and `make test` (each sets up .venv first).
+# On a fresh machine: `make demo`, `make lab` (the course in JupyterLab) and `make test`; each sets up .venv first.
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
@@ -6,7 +6,7 @@ STAMP := $(VENV)/.minieq-installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo test test-lib test-notebooks clean
+.PHONY: setup demo lab test test-lib test-notebooks clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ setup: $(STAMP)
 
 # Data -> tiny tokenizer -> latents -> tiny generator -> samples and a long image, in runs/demo/.
 demo: setup
-	$(BIN)/python -m minieq.demo --out runs/demo
+	$(BIN)/python -m minieq.course.demo --out runs/demo
+
+# The course in JupyterLab, from the same .venv (start with notebooks/00_setup_and_data.ipynb).
+lab: setup
+	$(BIN)/jupyter lab notebooks
 
 test: test-lib test-notebooks
 

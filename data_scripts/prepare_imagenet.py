@@ -8,7 +8,8 @@ Expected layout (see data_scripts/README.md)::
 Writes ROOT/minieq_imagenet_train.tsv and ROOT/minieq_imagenet_val.tsv and prints counts.
 Usage: python data_scripts/prepare_imagenet.py --root /data/imagenet [--verify]
 """
-from minieq.data import prepare_args, scan_image_folder, write_split
+from minieq.data import scan_image_folder
+from prepare_common import prepare_args, write_split
 
 
 def main(argv=None) -> None:

@@ -5,7 +5,8 @@ official split; we hold out every 100th image (in sorted order) as validation (d
 Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
 Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
 """
-from minieq.data import IMAGE_EXTENSIONS, lhq_split, prepare_args, write_split
+from minieq.data import IMAGE_EXTENSIONS, lhq_split
+from prepare_common import prepare_args, write_split
 
 
 def main(argv=None) -> None:

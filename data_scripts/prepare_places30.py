@@ -8,14 +8,15 @@ Two layouts are accepted (see data_scripts/README.md):
        ROOT/data_256/a/airfield/00000001.jpg ...   ROOT/val_256/Places365_val_00000001.jpg ...
 
 2. ImageFolder folders ROOT/{train,val}/<class>/ with the class names of
-   data_scripts/places30_classes.txt ("desert/sand" may also be the folder "desert_sand").
+   minieq/places30_classes.txt ("desert/sand" may also be the folder "desert_sand").
 
 Labels follow the order of places30_classes.txt. Writes ROOT/minieq_places30_{train,val}.tsv.
 Usage: python data_scripts/prepare_places30.py --root /data/places365 [--verify]
 """
 from pathlib import Path
 
-from minieq.data import places30_classes, prepare_args, scan_image_folder, write_split
+from minieq.data import places30_classes, scan_image_folder
+from prepare_common import prepare_args, write_split
 
 
 def from_official(root: Path, classes: list[str]) -> dict:

@@ -8,12 +8,12 @@ from minieq.utils import autocast, count_parameters, pick_device, seed_everythin
 # --- data (data.py) ---
 from minieq.data import (SYNTHSCAPES_CLASSES, LatentDataset, SynthScapes, check_image_size, imagenet, lhq,
                          places30, render_synthscapes)
-# --- tokenizer (tokenizer.py, official.py) ---
+# --- tokenizer (tokenizer.py, official_tokenizer.py, losses.py, metrics.py) ---
 from minieq.official_tokenizer import load_official_tokenizer
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig, TokenizerOutput, sigma_vae_sample
 from minieq.losses import TokenizerLoss, TokenizerLossConfig
 from minieq.metrics import psnr, ssim
-# --- generator (generator.py, flow.py, attention.py) ---
+# --- generator (generator.py, flow.py, attention.py, official_generator.py) ---
 from minieq.generator import Generator, GeneratorConfig
 from minieq.official_generator import load_official_generator
 # --- pipeline (pipeline.py) ---

@@ -18,6 +18,8 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from minieq.utils import eval_mode
+
 
 def _device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
@@ -27,21 +29,6 @@ def _labels(labels, batch: int, device: torch.device) -> torch.Tensor:
     if labels is None:
         return torch.zeros(batch, dtype=torch.long, device=device)
     return torch.as_tensor(labels, dtype=torch.long, device=device).reshape(batch)
-
-
-class _EvalMode:
-    """Put a module in eval mode for a ``with`` block and restore its previous mode after."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self):
-        self.was_training = self.module.training
-        self.module.eval()
-        return self.module
-
-    def __exit__(self, *exc):
-        self.module.train(self.was_training)
 
 
 def receptive_field(generator: nn.Module, num_tokens: int, labels=None, seed: int = 0) -> torch.Tensor:
@@ -64,7 +51,7 @@ def receptive_field(generator: nn.Module, num_tokens: int, labels=None, seed: in
     gen = torch.Generator(device="cpu").manual_seed(seed)
     tokens = torch.randn(1, num_tokens, generator.config.token_dim, generator=gen)  # (1, N, C)
     tokens = tokens.to(device).requires_grad_(True)
-    with _EvalMode(generator):
+    with eval_mode(generator):
         h = generator.condition(tokens, _labels(labels, 1, device))  # (1, N, D)
         # A random direction, not h.sum(): at initialisation (weight 1, bias 0) the final
         # LayerNorm makes the plain sum of each row a constant, whose gradient is zero everywhere.
@@ -111,7 +98,7 @@ def per_position_loss(generator: nn.Module, latents: torch.Tensor, labels: torch
     device = _device_of(generator)
     forked = [device] if device.type == "cuda" else []
     total, count = torch.zeros(latents.shape[1], dtype=torch.float64), 0
-    with _EvalMode(generator), torch.random.fork_rng(devices=forked):
+    with eval_mode(generator), torch.random.fork_rng(devices=forked):
         torch.manual_seed(seed)
         for _ in range(repeats):
             for start in range(0, len(latents), batch_size):
@@ -249,7 +236,7 @@ def time_sampling(generator: nn.Module, lengths: Sequence[int], batch_size: int 
     device = _device_of(generator)
     labels = torch.arange(batch_size, device=device) % generator.config.num_classes
     rows = []
-    with _EvalMode(generator), torch.no_grad():
+    with eval_mode(generator), torch.no_grad():
         # One short warm-up call so that one-time costs (allocations, kernel choice) are not timed.
         generator.sample(labels, num_tokens=2, **sample_kwargs)
         for n in lengths:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -111,9 +112,9 @@ class SelfAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x, cos, sin, mask=None, cache: LayerCache | None = None):
-        B, T, D = x.shape
-        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, D // self.num_heads)  # (B, T, 3, H, E)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)  # each (B, H, T, E)
+        T = x.shape[1]
+        # (B, T, 3·D) -> 3 × (B, H, T, E); the official fused layout is (3, H, E) per token.
+        q, k, v = rearrange(self.qkv(x), "b t (three h e) -> three b h t e", three=3, h=self.num_heads)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             # Sampling: the cache holds exactly the keys the window allows, so no mask.
@@ -122,8 +123,7 @@ class SelfAttention(nn.Module):
             k, v = cache.extend(k, v)  # (B, H, K, E)
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, E) -> (B, T, D)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(rearrange(out, "b h t e -> b t (h e)")))  # (B, H, T, E) -> (B, T, D)
 
 
 class CrossAttention(nn.Module):
@@ -143,20 +143,17 @@ class CrossAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, D = x.shape
-        return x.reshape(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)  # (B, H, T, E)
+        return rearrange(x, "b t (h e) -> b h t e", h=self.num_heads)  # (B, T, D) -> (B, H, T, E)
 
     def keys_values(self, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the (already normalised) buffer tokens, each (B, H, S, E)."""
         return self._heads(self.k(cond)), self._heads(self.v(cond))
 
     def forward(self, x, kv, cos, sin):
-        B, T, D = x.shape
         q = apply_rotary(self._heads(self.qkv(x)), cos, sin)  # (B, H, T, E)
         out = F.scaled_dot_product_attention(
             q, *kv, dropout_p=self.attn_drop if self.training else 0.0)
-        out = out.transpose(1, 2).reshape(B, T, D)  # (B, H, T, E) -> (B, T, D)
-        return self.proj_drop(self.proj(out))
+        return self.proj_drop(self.proj(rearrange(out, "b h t e -> b t (h e)")))  # (B, H, T, E) -> (B, T, D)
 
 
 class Mlp(nn.Module):

@@ -1,9 +1,11 @@
 """A small Vision Transformer that loads the DINO ViT-S/16 and DINOv2 ViT-B/14 checkpoints.
 
-The tokenizer objective uses two frozen, pretrained ViTs (reference-spec §1.8, §2.2):
+The tokenizer objective uses two frozen, pretrained ViTs (reference-spec §1.8, §2.2) and LPIPS:
 
 * DINO ViT-S/16 (``dino_deitsmall16_pretrain.pth``) is the backbone of the DINO discriminator;
-* DINOv2 ViT-B/14 (``dinov2_vitb14_pretrain.pth``) is the teacher of the semantic alignment loss.
+* DINOv2 ViT-B/14 (``dinov2_vitb14_pretrain.pth``) is the teacher of the semantic alignment loss;
+* LPIPS(VGG16) (:func:`build_lpips`, the ``lpips`` package on torchvision's VGG16 trunk) is the
+  perceptual term of the reconstruction loss, and a metric in :mod:`minieq.metrics`.
 
 Both are plain pre-norm ViTs; DINOv2 adds LayerScale (``ls1.gamma``/``ls2.gamma``). This module
 re-implements that ViT with the original parameter names, so the released state dicts load
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from minieq.checkpoint import CheckpointError, safe_torch_load
+
+VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and hence lpips) would download
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -240,4 +245,38 @@ def load_vit(kind: str, path: str | os.PathLike | None = None, random_init: bool
             model.load_state_dict(state)
         except RuntimeError as err:
             raise CheckpointError(f"{found}: not a {kind} state dict: {err}") from err
+    return model.eval().requires_grad_(False)
+
+
+def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = False) -> nn.Module | None:
+    """The LPIPS(VGG16) network, frozen and in eval mode, or None if the VGG16 weights are missing.
+
+    The lpips package ships its own linear-layer weights; the VGG16 trunk comes from
+    ``vgg16-397923af.pth`` found by :func:`minieq.backbones.find_pretrained` (``vgg_path``,
+    ``$MINIEQ_WEIGHTS_DIR``, the torch hub cache). The package is told not to download
+    (``pnet_rand=True``) and the trunk is loaded here. ``random_vgg=True`` is FOR TESTS ONLY.
+    Eval mode also turns off the Dropout(0.5) before each linear layer, which the official
+    training left on (reference-spec §7).
+    """
+    try:
+        import lpips
+    except ImportError:
+        print("LPIPS off: the 'lpips' package is not installed (pip install lpips)")
+        return None
+    found = None if random_vgg else find_pretrained(VGG16_FILE, vgg_path)
+    if found is None and not random_vgg:
+        return None
+    with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" notices
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
+    if found is not None:
+        features = {k[len("features."):]: v for k, v in safe_torch_load(found).items()
+                    if k.startswith("features.")}
+        trunk = {}
+        for name in model.net.state_dict():  # e.g. "slice2.5.weight" <- torchvision "features.5.weight"
+            index_and_param = name.split(".", 1)[1]
+            if index_and_param not in features:
+                raise CheckpointError(f"{found}: no VGG16 'features.{index_and_param}'")
+            trunk[name] = features[index_and_param]
+        model.net.load_state_dict(trunk)
     return model.eval().requires_grad_(False)

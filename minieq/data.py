@@ -11,7 +11,6 @@ the images and labels; without one the folder is scanned ImageFolder-style.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import warnings
@@ -24,16 +23,15 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from minieq.checkpoint import CheckpointError, safe_torch_load
-from minieq.logger import progress
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 
 __all__ = ["SYNTHSCAPES_CLASSES", "render_synthscapes", "SynthScapes", "ImageFiles", "imagenet",
-           "places30", "lhq", "image_transform", "load_rgb", "scan_image_folder", "write_index",
-           "read_index", "verify_images", "places30_classes", "PLACES30_CLASSES_FILE", "LatentDataset",
+           "places30", "lhq", "image_transform", "load_rgb", "scan_image_folder", "read_index",
+           "places30_classes", "PLACES30_CLASSES_FILE", "LatentDataset",
            "check_image_size"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-PLACES30_CLASSES_FILE = Path(__file__).resolve().parent.parent / "data_scripts" / "places30_classes.txt"
+PLACES30_CLASSES_FILE = Path(__file__).resolve().parent / "places30_classes.txt"
 _VAL_OFFSET = 2**30  # validation images use indices far from the training ones
 
 
@@ -164,19 +162,9 @@ def scan_image_folder(folder: str | os.PathLike, classes: list[str] | None = Non
     return files, labels, classes
 
 
-def write_index(path: str | os.PathLike, files: list[str], labels: list[int], classes: list[str]) -> Path:
-    """Write an index file: a JSON header line with the class names, then ``file<TAB>label`` lines."""
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(json.dumps({"minieq_index": 1, "classes": classes}) + "\n")
-        f.writelines(f"{name}\t{label}\n" for name, label in zip(files, labels))
-    os.replace(tmp, path)
-    return path
-
-
 def read_index(path: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
-    """Inverse of :func:`write_index`: ``(files, labels, classes)``."""
+    """``(files, labels, classes)`` of an index written by ``data_scripts/prepare_common.write_index``:
+    a JSON header line with the class names, then ``file<TAB>label`` lines."""
     with open(path) as f:
         try:
             header = json.loads(f.readline())
@@ -185,41 +173,6 @@ def read_index(path: str | os.PathLike) -> tuple[list[str], list[int], list[str]
             return [r[0] for r in rows], [int(r[1]) for r in rows], classes
         except (ValueError, KeyError, IndexError, TypeError) as err:
             raise ValueError(f"{path}: not a minieq index file ({err}); rebuild it with data_scripts/") from err
-
-
-def verify_images(root: str | os.PathLike, files: list[str],
-                  labels: list[int]) -> tuple[list[str], list[int], list[str]]:
-    """Decode every file once; returns the readable ``(files, labels)`` and the unreadable files."""
-    good_files, good_labels, bad = [], [], []
-    for name, label in progress(zip(files, labels), total=len(files), desc="verify"):
-        try:
-            load_rgb(Path(root) / name)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-            bad.append(name)
-            continue
-        good_files.append(name)
-        good_labels.append(label)
-    return good_files, good_labels, bad
-
-
-def prepare_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
-    """The command line every ``data_scripts/prepare_*.py`` shares: ``--root DIR [--verify]``."""
-    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
-    parser.add_argument("--root", required=True, type=Path)
-    parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
-    return parser.parse_args(argv)
-
-
-def write_split(root: Path, dataset: str, split: str, files: list[str], labels: list[int],
-                classes: list[str], verify: bool = False) -> tuple[Path, list[str], list[int]]:
-    """Optionally drop unreadable images, then write ``root/minieq_<dataset>_<split>.tsv``.
-
-    :return: the index path and the ``(files, labels)`` it holds.
-    """
-    if verify:
-        files, labels, bad = verify_images(root, files, labels)
-        print(f"{split}: dropped {len(bad)} unreadable images {bad[:5]}")
-    return write_index(root / f"minieq_{dataset}_{split}.tsv", files, labels, classes), files, labels
 
 
 def _folder_dataset(name: str, root: str | os.PathLike, split: str, resolution: int,
@@ -245,12 +198,11 @@ def imagenet(root: str | os.PathLike, split: str = "train", resolution: int = 25
 def places30_classes(path: str | os.PathLike | None = None) -> list[str]:
     """Our 30 Places365 nature classes (the paper does not list its subset), in label order.
 
-    Read from ``data_scripts/places30_classes.txt`` of the repository (an editable install).
+    Read from ``places30_classes.txt``, shipped inside the package.
     """
     path = Path(path) if path is not None else PLACES30_CLASSES_FILE
     if not path.is_file():
-        raise ValueError(f"{path}: class list not found; install minieq from its repository with "
-                         "`pip install -e .` or pass the path of places30_classes.txt")
+        raise ValueError(f"{path}: class list not found")
     lines = path.read_text().splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
 

@@ -56,7 +56,3 @@ class EMA:
         self.num_updates = state["num_updates"]
         for name, value in state["shadow"].items():
             self.shadow[name].copy_(value)
-
-    def to(self, device: torch.device | str) -> "EMA":
-        self.shadow = {k: v.to(device) for k, v in self.shadow.items()}
-        return self

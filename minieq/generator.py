@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from minieq.attention import Block, RotaryTable, windowed_causal_mask
+from minieq.attention import Block, LayerCache, RotaryTable, windowed_causal_mask
 from minieq.checkpoint import register_model
 from minieq.config import ConfigBase
 from minieq.flow import FlowHead
@@ -161,21 +161,42 @@ class Generator(nn.Module):
             cond = block.buffer_step(cond)
         return kvs, self.encoder_norm(cond[:, -1])
 
-    def hidden(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor:
-        """Rows 0..T of the stack for tokens (B, T, C): (B, T+1, D); row k conditions token k."""
-        kvs, row0 = self.buffer_path(class_vec)
+    def new_caches(self) -> list[LayerCache]:
+        """One empty sliding-window K/V cache per block, each keeping the cond_length + 1 keys
+        its window needs (everything for full causal attention)."""
+        keep = self.config.window + 1 if self.config.window > 0 else None
+        return [LayerCache(keep) for _ in self.encoder_blocks]
+
+    def step(self, tokens: torch.Tensor, kvs, start: int,
+             caches: list[LayerCache] | None = None) -> torch.Tensor:
+        """Embed tokens (B, T, C) at RoPE positions start .. start+T-1 and run the stack on them.
+
+        Row t of the result (B, T, D) conditions the token after token t. Without ``caches`` the
+        chunk is a whole sequence under the windowed causal mask (training, recompute); with
+        ``caches`` (from :meth:`new_caches`) T is 1 and the caches supply the earlier keys
+        (sliding-window sampling). ``kvs`` is :meth:`buffer_path`'s cross-attention K/V.
+        """
         x = self.z_proj_ln(self.z_proj(tokens))  # (B, T, D)
-        cos, sin = self.rope(shift, tokens.shape[1], tokens.device)
-        mask = windowed_causal_mask(tokens.shape[1], self.config.window, tokens.device)
-        for block, kv in zip(self.encoder_blocks, kvs):
-            if self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
+        cos, sin = self.rope(start, tokens.shape[1], tokens.device)
+        mask = None if caches is not None else windowed_causal_mask(
+            tokens.shape[1], self.config.window, tokens.device)  # (T, T)
+        for i, (block, kv) in enumerate(zip(self.encoder_blocks, kvs)):
+            if caches is not None:
+                x = block(x, kv, cos, sin, cache=caches[i])
+            elif self.config.grad_checkpointing and self.training and torch.is_grad_enabled():
                 x = checkpoint(block, x, kv, cos, sin, mask, use_reentrant=False)
             else:
                 x = block(x, kv, cos, sin, mask)
-        return torch.cat([row0[:, None], self.encoder_norm(x)], dim=1)  # (B, T+1, D)
+        return self.encoder_norm(x)
 
-    def conditions(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor:
-        """(B, N, C) tokens -> (B, N, D) conditions, for any ``attention`` variant."""
+    def hidden(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor:
+        """Rows 0..T of the stack for tokens (B, T, C): (B, T+1, D); row k conditions token k."""
+        kvs, row0 = self.buffer_path(class_vec)
+        return torch.cat([row0[:, None], self.step(tokens, kvs, shift)], dim=1)  # (B, T+1, D)
+
+    def condition_rows(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor:
+        """:meth:`condition` given class vectors (B, D) and an explicit RoPE ``shift`` instead of
+        labels: (B, N, C) tokens -> (B, N, D) conditions, for any ``attention`` variant."""
         K = self.config.cond_length + 1
         B, N, C = tokens.shape
         if self.config.attention != "strict" or N <= K:
@@ -199,7 +220,7 @@ class Generator(nn.Module):
         """
         self._check_tokens(tokens, "tokens")
         shift = self._draw_shift() if shift is None else shift
-        return self.conditions(tokens, self.class_vectors(labels, tokens.shape[0]), shift)
+        return self.condition_rows(tokens, self.class_vectors(labels, tokens.shape[0]), shift)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None, per_position: bool = False) -> torch.Tensor:
         """Flow-matching loss of teacher-forced tokens (B, N, C) (spec §3.5).
@@ -211,7 +232,7 @@ class Generator(nn.Module):
         self._check_tokens(tokens, "tokens")
         B, N, C = tokens.shape
         class_vec = self.class_vectors(labels, B, drop=self.training)
-        h = self.conditions(tokens, class_vec, self._draw_shift())  # (B, N, D)
+        h = self.condition_rows(tokens, class_vec, self._draw_shift())  # (B, N, D)
         mul = self.config.diffusion_batch_mul
         x0 = tokens.detach().reshape(B * N, C).repeat(mul, 1)  # (mul·B·N, C)
         c = h.reshape(B * N, -1).repeat(mul, 1)  # (mul·B·N, D)
@@ -257,6 +278,8 @@ class Generator(nn.Module):
         :param use_cache: sliding-window KV cache (fast) or full recompute (official); same result.
         :param generator: torch.Generator for the noise when ``noise`` is None.
         """
+        if num_tokens < 1:
+            raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         B = _batch_size(labels, noise, prefix, batch_size)
         given = torch.zeros(B, num_tokens, self.config.token_dim, device=self.fake_latent.device)
         keep = torch.zeros(B, num_tokens, dtype=torch.bool, device=given.device)

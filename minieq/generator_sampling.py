@@ -16,32 +16,31 @@ All three give the same rows (tests/test_generator.py checks it).
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
-from minieq.attention import LayerCache
 from minieq.logger import progress as progress_bar
+from minieq.utils import eval_mode
+
+if TYPE_CHECKING:  # generator.py imports this module; the name is for annotations only
+    from minieq.generator import Generator
 
 
 class CachedStream:
     """Incremental stack with a per-layer sliding KV cache (window and full-causal variants)."""
 
-    def __init__(self, gen, class_vec: torch.Tensor):
+    def __init__(self, gen: Generator, class_vec: torch.Tensor):
         self.gen = gen
         self.kvs, self.next_row = gen.buffer_path(class_vec)  # per-layer cross K/V, row 0 (B, D)
-        keep = gen.config.window + 1 if gen.config.window > 0 else None
-        self.caches = [LayerCache(keep) for _ in gen.encoder_blocks]
+        self.caches = gen.new_caches()
 
     def row(self, k: int) -> torch.Tensor:
         return self.next_row
 
     def push(self, k: int, token: torch.Tensor) -> None:
         """Feed token k (B, C) at RoPE position k; computes row k + 1."""
-        gen = self.gen
-        x = gen.z_proj_ln(gen.z_proj(token[:, None]))  # (B, 1, D)
-        cos, sin = gen.rope(k, 1, x.device)
-        for block, kv, cache in zip(gen.encoder_blocks, self.kvs, self.caches):
-            x = block(x, kv, cos, sin, cache=cache)
-        self.next_row = gen.encoder_norm(x[:, 0])  # (B, D)
+        self.next_row = self.gen.step(token[:, None], self.kvs, k, self.caches)[:, 0]  # (B, 1, D) -> (B, D)
 
     def state_bytes(self) -> int:
         """Bytes of transformer state: self-attention K/V caches + the class tokens' cross K/V."""
@@ -52,7 +51,7 @@ class CachedStream:
 class StrictStream:
     """"Real Equ.": row k comes from the stack run on tokens max(0, k-K) .. k-1 only."""
 
-    def __init__(self, gen, class_vec: torch.Tensor, window: int):
+    def __init__(self, gen: Generator, class_vec: torch.Tensor, window: int):
         self.gen, self.class_vec, self.window = gen, class_vec, window
         self.row0 = gen.buffer_path(class_vec)[1]  # (B, D)
         self.recent: list[torch.Tensor] = []
@@ -73,13 +72,13 @@ class StrictStream:
 class RecomputeStream:
     """The official way: the whole (zero-padded) sequence through the stack for every token."""
 
-    def __init__(self, gen, class_vec: torch.Tensor, num_tokens: int):
+    def __init__(self, gen: Generator, class_vec: torch.Tensor, num_tokens: int):
         self.gen, self.class_vec = gen, class_vec
         self.tokens = torch.zeros(class_vec.shape[0], num_tokens, gen.config.token_dim,
                                   device=class_vec.device)  # (B, N, C)
 
     def row(self, k: int) -> torch.Tensor:
-        return self.gen.conditions(self.tokens, self.class_vec, 0)[:, k]
+        return self.gen.condition_rows(self.tokens, self.class_vec, 0)[:, k]
 
     def push(self, k: int, token: torch.Tensor) -> None:
         self.tokens[:, k] = token
@@ -97,7 +96,7 @@ def cfg_scale(cfg: float, schedule: str, k: int, num_tokens: int) -> float:
     raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {schedule!r}")
 
 
-def sampling_loop(gen, labels, given: torch.Tensor, keep: torch.Tensor, cfg: float = 1.0,
+def sampling_loop(gen: Generator, labels, given: torch.Tensor, keep: torch.Tensor, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, noise=None,
                   use_cache: bool = True, progress: bool = False, generator=None) -> torch.Tensor:
     """The one sampling loop: tokens where ``keep`` (B, N) is True are copied from ``given``
@@ -105,14 +104,14 @@ def sampling_loop(gen, labels, given: torch.Tensor, keep: torch.Tensor, cfg: flo
     B, N, C = given.shape
     if noise is not None and noise.shape != (B, N, C):
         raise ValueError(f"noise must have shape {(B, N, C)}, got {tuple(noise.shape)}")
+    if not cfg >= 0:
+        raise ValueError(f"cfg must be >= 0 (1.0 = no guidance), got {cfg}")
     cfg_scale(cfg, cfg_schedule, 0, N)  # validates the schedule name
     guided = cfg != 1.0 and labels is not None
-    was_training = gen.training
-    gen.eval()  # sampling is eval behaviour: no dropout, no position shift
-    try:
+    with eval_mode(gen):  # sampling is eval behaviour: no dropout, no position shift
         class_vec = gen.class_vectors(labels, B)  # (B, D)
         if guided:
-            class_vec = torch.cat([class_vec, gen.fake_latent.expand(B, -1)])  # (2B, D)
+            class_vec = torch.cat([class_vec, gen.class_vectors(None, B)])  # (2B, D): then the null class
         stream = gen.stream(class_vec, N, use_cache)
         tokens = given.clone()
         for k in progress_bar(range(N), disable=not progress, desc="tokens"):
@@ -126,5 +125,3 @@ def sampling_loop(gen, labels, given: torch.Tensor, keep: torch.Tensor, cfg: flo
             if k < N - 1:
                 stream.push(k, tokens[:, k].repeat(2, 1) if guided else tokens[:, k])
         return tokens
-    finally:
-        gen.train(was_training)

@@ -1,4 +1,4 @@
-"""Metrics as JSON lines (plus optional TensorBoard) and tqdm progress bars."""
+"""Metrics as JSON lines and tqdm progress bars."""
 from __future__ import annotations
 
 import json
@@ -25,23 +25,15 @@ def progress(iterable: Iterable | None = None, **kwargs: Any) -> tqdm:
 
 
 class JsonlLogger:
-    """Append one JSON object per ``log`` call to ``path``; mirror scalars to TensorBoard if asked.
+    """Append one JSON object per ``log`` call to ``path``.
 
     Only the main rank writes. Values that are tensors are converted with ``float``.
     """
 
-    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None):
+    def __init__(self, path: str | Path | None):
         self.path = Path(path) if path is not None and dist.is_main() else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tb = None
-        if tensorboard_dir is not None and dist.is_main():
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                print("TensorBoard is not installed: metrics go to the JSON-lines file only")
-            else:
-                self.tb = SummaryWriter(str(tensorboard_dir))
 
     def log(self, step: int, **metrics: Any) -> None:
         if self.path is None:
@@ -51,14 +43,6 @@ class JsonlLogger:
             row[key] = _plain(value)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        if self.tb is not None:
-            for key, value in row.items():
-                if isinstance(value, (int, float)) and key not in ("step", "time"):
-                    self.tb.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
 
 
 def _plain(value: Any) -> Any:

@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minieq.backbones import VIT_SPECS, imagenet_normalize, load_vit, missing_message
+from minieq.backbones import VGG16_FILE, VIT_SPECS, build_lpips, imagenet_normalize, load_vit, missing_message
 from minieq.config import ConfigBase
 from minieq.discriminator import DinoDiscriminator, PatchGAN, diff_augment
-from minieq.metrics import VGG16_FILE, build_lpips
+from minieq.tokenizer import ColumnTokenizer
 
 # Small random ViTs used only when a test passes allow_random_backbones=True.
 _RANDOM_VIT = dict(embed_dim=32, depth=4, num_heads=2)
@@ -156,9 +156,9 @@ class TokenizerLoss(nn.Module):
             terms["lpips"] = lp.mean().detach()
             rec = rec + cfg.lpips_weight * lp * x[0].numel()  # broadcast to every pixel (§2.1)
         nll = rec.sum() / b / norm
-        kl = (0.5 * out.mean.float().pow(2).flatten(1).sum(1)).mean()  # §1.5
+        kl = ColumnTokenizer.kl(out.mean.float()).mean()  # §1.5
         loss = nll + cfg.kl_weight * kl / norm
-        terms.update(rec_loss=nll.detach(), nll_loss=nll.detach(), kl_loss=kl.detach())
+        terms.update(rec_loss=nll.detach(), kl_loss=kl.detach())
 
         g_loss = d_weight = torch.zeros((), device=x.device)
         if self.disc_active(step):

@@ -15,17 +15,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-import warnings
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from einops import rearrange
 
-from minieq.backbones import find_pretrained, missing_message
-from minieq.checkpoint import CheckpointError, safe_torch_load
+from minieq.backbones import VGG16_FILE, build_lpips, find_pretrained, missing_message
 from minieq.efficientnet_lite import INPUT_SIZE, load_efficientnet_lite0, preprocess
 
-VGG16_FILE = "vgg16-397923af.pth"  # the file torchvision (and hence lpips) would download
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's FID Inception
 
 
@@ -63,40 +60,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     cov = blur(a * b) - mu_a * mu_b
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(dim=1)
-
-
-def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = False) -> nn.Module | None:
-    """The LPIPS(VGG16) network, frozen and in eval mode, or None if the VGG16 weights are missing.
-
-    The lpips package ships its own linear-layer weights; the VGG16 trunk comes from
-    ``vgg16-397923af.pth`` found by :func:`minieq.backbones.find_pretrained` (``vgg_path``,
-    ``$MINIEQ_WEIGHTS_DIR``, the torch hub cache). The package is told not to download
-    (``pnet_rand=True``) and the trunk is loaded here. ``random_vgg=True`` is FOR TESTS ONLY.
-    Eval mode also turns off the Dropout(0.5) before each linear layer, which the official
-    training left on (reference-spec §7).
-    """
-    try:
-        import lpips
-    except ImportError:
-        print("LPIPS off: the 'lpips' package is not installed (pip install lpips)")
-        return None
-    found = None if random_vgg else find_pretrained(VGG16_FILE, vgg_path)
-    if found is None and not random_vgg:
-        return None
-    with warnings.catch_warnings():  # torchvision's "pretrained is deprecated" notices
-        warnings.simplefilter("ignore", UserWarning)
-        model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
-    if found is not None:
-        features = {k[len("features."):]: v for k, v in safe_torch_load(found).items()
-                    if k.startswith("features.")}
-        trunk = {}
-        for name in model.net.state_dict():  # e.g. "slice2.5.weight" <- torchvision "features.5.weight"
-            index_and_param = name.split(".", 1)[1]
-            if index_and_param not in features:
-                raise CheckpointError(f"{found}: no VGG16 'features.{index_and_param}'")
-            trunk[name] = features[index_and_param]
-        model.net.load_state_dict(trunk)
-    return model.eval().requires_grad_(False)
 
 
 _LPIPS_CACHE: dict = {}
@@ -166,9 +129,7 @@ def _column_view(x: torch.Tensor, column_width: int) -> torch.Tensor:
 
 def _columns(x: torch.Tensor, column_width: int) -> torch.Tensor:
     """(B, 3, H, W) -> (B·W/cw, 3·H·cw): one row per column strip, as a tokenizer sees it."""
-    # (B, 3, H, W/cw, cw) -> (B, W/cw, 3, H, cw) -> (B·W/cw, 3·H·cw)
-    x = _column_view(x, column_width).permute(0, 3, 1, 2, 4)
-    return x.reshape(-1, x[0, 0].numel())
+    return rearrange(_column_view(x, column_width), "b c h n cw -> (b n) (c h cw)")
 
 
 class ColumnPCA:
@@ -194,12 +155,11 @@ class ColumnPCA:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Encode and decode ``x`` (B, 3, H, W) through ``dims`` numbers per column."""
-        b, c, h, w = x.shape
+        b, c, h, _ = x.shape
         strips = _columns(x.double(), self.column_width) - self.mean  # (B·W/cw, D)
         recon = strips @ self.basis.T @ self.basis + self.mean
-        cw = self.column_width
-        # (B·W/cw, 3·H·cw) -> (B, W/cw, 3, H, cw) -> (B, 3, H, W/cw, cw) -> (B, 3, H, W)
-        recon = recon.reshape(b, w // cw, c, h, cw).permute(0, 2, 3, 1, 4).reshape(b, c, h, w)
+        # (B·W/cw, 3·H·cw) -> (B, 3, H, W): the strips back in place
+        recon = rearrange(recon, "(b n) (c h cw) -> b c h (n cw)", b=b, c=c, h=h)
         return recon.to(x.dtype)
 
 

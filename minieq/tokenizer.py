@@ -14,15 +14,20 @@ Shape legend: B batch, N tokens, C token channels, H/W image height/width, Hf fi
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import torch
+from einops import rearrange
 from torch import nn
 
 from minieq.checkpoint import register_model
 from minieq.config import ConfigBase
 from minieq.tokenizer_blocks import Decoder, Encoder, SemanticDecoder, conv1d, conv2d
+
+# Larger pixel magnitudes mean [0, 255] images, not [-1, 1] ones (see ColumnTokenizer._check_pixels).
+_MAX_ABS_PIXEL = 4.0
 
 
 @dataclass
@@ -219,6 +224,23 @@ class ColumnTokenizer(nn.Module):
                              f"{cfg.column_width} and at least {2 * cfg.column_width} "
                              "(two tokens, for reflect padding)")
 
+    @staticmethod
+    def _check_pixels(x: torch.Tensor) -> None:
+        """Catch the common input mistakes (uint8, [0, 255], NaN/inf) with one clear error each.
+
+        A [0, 1] image cannot be told from a bright [-1, 1] one, so it passes. The bound is loose
+        because unclamped decoder outputs (up to about ±2.5) may be encoded again.
+        """
+        if not x.is_floating_point():
+            raise ValueError(f"images must be a float tensor in [-1, 1], got dtype {x.dtype}; "
+                             "for uint8 images use x.float() / 127.5 - 1")
+        peak = float(x.detach().abs().amax())
+        if not math.isfinite(peak):
+            raise ValueError("images contain NaN or inf values")
+        if peak > _MAX_ABS_PIXEL:
+            raise ValueError(f"images must be in [-1, 1], got values up to {peak:g}; "
+                             "for [0, 255] images use x / 127.5 - 1")
+
     def _check_tokens(self, z: torch.Tensor) -> None:
         cfg = self.config
         if z.dim() != 3 or z.shape[-1] != cfg.embed_dim:
@@ -234,8 +256,9 @@ class ColumnTokenizer(nn.Module):
     def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → posterior mean tokens (B, N, C)."""
         self._check_images(x)
+        self._check_pixels(x)
         moments = self.quant_layer(self.encoder(x))  # column (B, C, N); grid (B, C, Hf, Wf)
-        return moments.flatten(2).transpose(1, 2)  # -> (B, N, C); grid: raster order
+        return rearrange(moments, "b c ... -> b (...) c")  # -> (B, N, C); grid: raster order (row by row)
 
     def encode(self, x: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -243,7 +266,8 @@ class ColumnTokenizer(nn.Module):
         mean = self.posterior_mean(x)
         return sigma_vae_sample(mean, self.config.noise_std, generator) if sample else mean
 
-    def kl(self, mean: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def kl(mean: torch.Tensor) -> torch.Tensor:
         """(B,) the official 'KL': 0.5·Σ mean² per sample, an L2 penalty (reference-spec §1.5)."""
         return 0.5 * mean.pow(2).flatten(1).sum(dim=1)
 
@@ -251,9 +275,10 @@ class ColumnTokenizer(nn.Module):
     def tokens_to_map(self, z: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, C) → the decoder's input map (B, z_channels, Hf, N / rows)."""
         self._check_tokens(z)
-        h = z.transpose(1, 2)  # (B, N, C) -> (B, C, N)
         if self.config.layout == "grid":
-            h = h.unflatten(2, (self.config.final_height, -1))  # (B, C, N) -> (B, C, Hf, Wf)
+            h = rearrange(z, "b (hf wf) c -> b c hf wf", hf=self.config.final_height)  # raster order
+        else:
+            h = rearrange(z, "b n c -> b c n")
         return self.decoder.to_map(self.post_quant_layer(h))
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:

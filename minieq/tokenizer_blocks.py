@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 
@@ -216,9 +217,8 @@ class Encoder(nn.Module):
         h = _run_middle(self.mid, h)
         h = self.conv_out(F.silu(self.norm_out(h)))  # (B, z, Hf, Wf)
         if self.layout == "column":
-            # Columnize: feature index = c·Hf + h (reference-spec §1.4).
-            b, z, hf, wf = h.shape
-            h = h.reshape(b, z * hf, wf)  # (B, z, Hf, Wf) -> (B, z·Hf, Wf)
+            # Columnize: one vector per column, feature index = c·Hf + h (reference-spec §1.4).
+            h = rearrange(h, "b z hf w -> b (z hf) w")  # (B, z, Hf, Wf) -> (B, z·Hf, Wf)
         return self.encoder1d(h)
 
 
@@ -258,8 +258,7 @@ class Decoder(nn.Module):
         """``decoder1d`` then, for columns, the inverse of the encoder's columnize."""
         h = self.decoder1d(h)
         if self.layout == "column":
-            b, _, n = h.shape
-            h = h.reshape(b, self.z_channels, -1, n)  # (B, z·Hf, N) -> (B, z, Hf, N)
+            h = rearrange(h, "b (z hf) n -> b z hf n", z=self.z_channels)  # (B, z·Hf, N) -> (B, z, Hf, N)
         return h
 
     def forward(self, m: torch.Tensor, return_tap: bool = False):

@@ -332,7 +332,6 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -
             save_samples(generator, ema, data.tokenizer, latent_scale, tokens.shape[1],
                          out / "samples" / f"step{state.step:07d}.png")
     bar.close()
-    logger.close()
     if not ckpt_path.is_file():
         state.save(ckpt_path, latent_scale=latent_scale, train_config=cfg.to_dict())
     return ckpt_path

@@ -247,7 +247,6 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
         if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
             state.save(ckpt_path, train_config=cfg.to_dict(), **_disc_state(disc))
     bar.close()
-    logger.close()
     if not ckpt_path.exists():  # steps already reached (e.g. resuming a finished run)
         state.save(ckpt_path, train_config=cfg.to_dict(), **_disc_state(disc))
     return ckpt_path

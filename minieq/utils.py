@@ -66,3 +66,14 @@ def set_rng_state(state: dict) -> None:
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+@contextlib.contextmanager
+def eval_mode(module: nn.Module):
+    """Eval mode (no dropout, no random position shift) for a ``with`` block; the previous mode is restored after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)

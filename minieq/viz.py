@@ -14,6 +14,10 @@ from typing import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
+from einops import rearrange
+
+from minieq.utils import eval_mode
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -100,11 +104,9 @@ def panorama(image: torch.Tensor, rows: int = 1, padding: int = 2) -> np.ndarray
         image = image[0]
     width = image.shape[-1]
     piece = -(-width // rows)  # ceil division
-    pieces = [image[..., i * piece:(i + 1) * piece] for i in range(rows)]
-    full = torch.ones(rows, *image.shape[:-1], piece)  # white background, (rows, 3, H, piece)
-    for i, p in enumerate(pieces):
-        full[i, ..., :p.shape[-1]] = p.cpu()
-    return image_grid(full, nrow=1, padding=padding)
+    padded = F.pad(image.cpu(), (0, rows * piece - width), value=1.0)  # white on the right: (3, H, rows·piece)
+    lines = rearrange(padded, "c h (r w) -> r c h w", r=rows)  # (rows, 3, H, piece), left to right
+    return image_grid(lines, nrow=1, padding=padding)
 
 
 def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None,
@@ -150,9 +152,7 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
     if image.dim() != 4 or image.shape[0] != 1:
         raise ValueError(f"token_by_token_frames takes one image, got {tuple(image.shape)}")
     device = next(tokenizer.parameters()).device
-    was_training = tokenizer.training
-    tokenizer.eval()
-    try:
+    with eval_mode(tokenizer):
         # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses (§5 step 3).
         z = tokenizer.encode(image.to(device), sample=sample, generator=generator)
         if noise is None:
@@ -164,8 +164,6 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
         mixed = torch.where(keep[..., None], z, noise)
         frames = [tokenizer.decode(chunk).clamp(-1, 1).cpu()
                   for chunk in mixed.split(batch_size)]
-    finally:
-        tokenizer.train(was_training)
     return list(torch.cat(frames))
 
 

@@ -187,12 +187,13 @@ def test_imagefolder_with_distributed_and_resumable_samplers(fake_imagefolder):
             assert n == 4
 
 
-def _script(name: str):
+def _script(name: str, monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO / "data_scripts"))  # as `python data_scripts/<name>.py` has it
     return runpy.run_path(str(REPO / "data_scripts" / f"{name}.py"), run_name="test")["main"]
 
 
-def test_prepare_imagenet_writes_index(fake_imagefolder, capsys):
-    _script("prepare_imagenet")(["--root", str(fake_imagefolder), "--verify"])
+def test_prepare_imagenet_writes_index(fake_imagefolder, capsys, monkeypatch):
+    _script("prepare_imagenet", monkeypatch)(["--root", str(fake_imagefolder), "--verify"])
     assert "dropped 2 unreadable" in capsys.readouterr().out
     files, labels, classes = read_index(fake_imagefolder / "minieq_imagenet_train.tsv")
     assert classes == ["cat", "dog"] and len(files) == 5 and labels == [0, 0, 0, 1, 1]
@@ -200,7 +201,7 @@ def test_prepare_imagenet_writes_index(fake_imagefolder, capsys):
     assert len(ds) == 5 and ds[4][0].shape == (3, 16, 16)
 
 
-def test_places30_official_layout(tmp_path, capsys):
+def test_places30_official_layout(tmp_path, capsys, monkeypatch):
     ours = places30_classes()
     assert len(ours) == 30 and len(set(ours)) == 30
     categories = ["airfield", *ours]
@@ -215,7 +216,7 @@ def test_places30_official_layout(tmp_path, capsys):
         val.append(f"Places365_val_{i:08d}.jpg {i}\n")
     (tmp_path / "places365_train_standard.txt").write_text("".join(train))
     (tmp_path / "places365_val.txt").write_text("".join(val))
-    _script("prepare_places30")(["--root", str(tmp_path)])
+    _script("prepare_places30", monkeypatch)(["--root", str(tmp_path)])
     files, labels, classes = read_index(tmp_path / "minieq_places30_train.tsv")
     assert classes == ours and len(files) == 4                  # "airfield" is not ours
     assert labels == [0, 1, 2, ours.index("desert/sand")]
@@ -223,12 +224,12 @@ def test_places30_official_layout(tmp_path, capsys):
     assert len(ds) == 4 and ds[0][0].shape == (3, 16, 16)
 
 
-def test_lhq_is_unconditional(tmp_path):
+def test_lhq_is_unconditional(tmp_path, monkeypatch):
     for i in range(5):
         _save(tmp_path / "lhq_256" / f"{i:07d}.png", Image.new("RGB", (30, 20), (i * 50, 90, 0)), "PNG")
     train, val = lhq(tmp_path, "train", resolution=16), lhq(tmp_path, "val", resolution=16)
     assert len(train) == 4 and len(val) == 1 and {train[i][1] for i in range(4)} == {0}
-    _script("prepare_lhq")(["--root", str(tmp_path)])
+    _script("prepare_lhq", monkeypatch)(["--root", str(tmp_path)])
     assert len(lhq(tmp_path, "train")) == 4
 
 
@@ -269,7 +270,7 @@ def test_check_image_size():
 
 
 def test_data_demo_writes_the_pictures(tmp_path, capsys):
-    from minieq.demo import main
+    from minieq.course.demo import main
 
     main(["--out", str(tmp_path), "--data-only"])
     out = capsys.readouterr().out

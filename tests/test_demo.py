@@ -31,7 +31,7 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
     monkeypatch.setattr(course, "tiny_latents", lambda *a, **k: tmp_path / "latents.pt")
     monkeypatch.setattr(course, "tiny_generator", lambda *a, **k: (scratch_gen, 2.0))
 
-    from minieq.demo import main
+    from minieq.course.demo import main
 
     out = tmp_path / "demo"
     summary = main(["--out", str(out), "--fd-images", "16"])
@@ -57,7 +57,7 @@ def test_demo_without_pretrained_models_shows_the_scratch_ones(tmp_path, monkeyp
     monkeypatch.setattr(course, "tiny_latents", lambda *a, **k: tmp_path / "latents.pt")
     monkeypatch.setattr(course, "tiny_generator", lambda *a, **k: (scratch_gen, 2.0))
 
-    from minieq.demo import main
+    from minieq.course.demo import main
 
     summary = main(["--out", str(tmp_path / "demo"), "--fd-images", "16"])
     assert set(summary["models"]) == {"scratch"}

@@ -254,7 +254,17 @@ def test_check_finite_and_lr_schedules():
     assert warmup_cosine(10, 10, 110) == 1.0 and abs(warmup_cosine(110, 10, 110, 0.1) - 0.1) < 1e-9
 
 
-def test_env_is_untouched_by_pick_device():
+def test_pick_device_order_and_overrides(monkeypatch):
+    monkeypatch.delenv("MINIEQ_DEVICE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert pick_device() == torch.device("mps")
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device() == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device() == torch.device("cuda")
+    monkeypatch.setenv("MINIEQ_DEVICE", "meta")
     before = dict(os.environ)
-    pick_device()
+    assert pick_device() == torch.device("meta")  # the environment variable beats detection
+    assert pick_device("cpu") == torch.device("cpu")  # ... and the argument beats both
     assert dict(os.environ) == before

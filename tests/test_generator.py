@@ -112,6 +112,20 @@ def test_strict_variant_is_translation_equivariant():
     assert torch.allclose(a[:, 3:], b[:, 7:], atol=1e-5)  # every row with a full window
 
 
+def test_shifting_the_tokens_one_place_shifts_the_conditions_away_from_the_edge():
+    """Windowed attention (Sec. 3.2) with RoPE: row k depends on tokens k - 1 - depth·cond_length .. k - 1
+    and on relative positions only, except the class cross-attention, whose query carries the
+    absolute position; shift=1 keeps those equal, so the rows must agree exactly."""
+    gen = make(attention="window", cond_length=2, depth=3)
+    tokens, labels = torch.randn(2, 12, C), torch.tensor([0, 3])
+    shifted = torch.cat([torch.randn(2, 1, C), tokens], dim=1)  # one new token on the left
+    a = gen.condition(tokens, labels, shift=1)
+    b = gen.condition(shifted, labels, shift=0)
+    assert torch.allclose(a[:, 7:], b[:, 8:], atol=1e-5)  # the new token is out of view (7 = 1 + 3·2)
+    row_err = (a[:, 1:7] - b[:, 2:8]).abs().amax(dim=(0, 2))  # (6,) rows that see the new token
+    assert (row_err > 1e-3).all()
+
+
 def test_condition_shapes_null_class_and_training_shift():
     gen = make()
     tokens = torch.randn(3, 7, C)
@@ -141,8 +155,19 @@ def test_loss_scalar_per_position_and_grad_checkpointing():
         grads.append(gen.encoder_blocks[0].attn.qkv.weight.grad.clone())
         assert loss.dim() == 0 and torch.isfinite(loss)
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
-    per_pos = make().loss(tokens, labels, per_position=True)
-    assert per_pos.shape == (6,) and torch.isfinite(per_pos).all()
+
+
+def test_loss_of_the_zero_initialised_head_is_the_velocity_target_energy():
+    """The fresh flow head outputs v = 0 (its last layer is zero-initialised, spec §3.2), so the loss
+    of token x0 is mean_c (ε − x0)², whose expectation is 1 + x0²: here 1 + (k/2)² at position k."""
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig.preset("tiny", token_dim=C, num_classes=5, embed_dim=32, depth=1,
+                                           num_heads=2, head_width=32, head_depth=1)).eval()
+    position = torch.arange(6.0) / 2  # (N,)
+    tokens = position[None, :, None].expand(64, 6, C)  # (B, N, C): token k is k/2 everywhere
+    per_pos = gen.loss(tokens, torch.zeros(64, dtype=torch.long), per_position=True)
+    torch.testing.assert_close(per_pos, 1 + position ** 2, rtol=0.1, atol=0.1)  # 1024 draws per position
+    assert gen.loss(tokens, None).item() == pytest.approx((1 + position ** 2).mean().item(), rel=0.05)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -209,3 +234,9 @@ def test_sampling_reproducible_unconditional_and_restores_mode():
         gen.sample(torch.tensor([0]), 5, cfg=2.0, cfg_schedule="cosine")
     with pytest.raises(ValueError, match="noise"):
         gen.sample(torch.tensor([0]), 5, noise=torch.randn(1, 4, C))
+    with pytest.raises(ValueError, match="num_tokens"):
+        gen.sample(torch.tensor([0]), 0)
+    with pytest.raises(ValueError, match="cfg"):
+        gen.sample(torch.tensor([0]), 5, cfg=-2.0)
+    with pytest.raises(ValueError, match="cfg"):
+        gen.regenerate(a, None, torch.ones(5, dtype=torch.bool), cfg=float("nan"))

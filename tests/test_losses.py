@@ -163,12 +163,22 @@ def test_dino_discriminator_shape_frozen_backbone_and_spectral_norm():
 
 def test_patchgan_logits_and_in_the_loss(offline, tok):
     d = PatchGAN(channels=8, num_layers=2)
-    assert d(images(b=2)).shape[0] == 2 and d(images(b=2)).dim() == 2
+    # 32 × 64 -> 16 × 32 -> 8 × 16 (two stride-2 convs) -> 7 × 15 -> 6 × 14 (4 × 4 convs, stride 1)
+    assert d(images(b=2)).shape == (2, 6 * 14)
     loss = TokenizerLoss(TokenizerLossConfig(disc_type="patchgan", patchgan_channels=8, patchgan_layers=2,
-                                             lpips_weight=0.0, semantic_weight=0.0, disc_start=0))
+                                             lpips_weight=0.0, semantic_weight=0.0, disc_start=0,
+                                             diffaug=False))
     x = images()
-    logs = loss.generator_loss(x, tok.reconstruct(x), step=0, last_layer=tok.last_layer_weight)
-    assert torch.isfinite(logs["g_loss"]) and logs["d_weight"] > 0
+    out = tok.reconstruct(x)
+    logs = loss.generator_loss(x, out, step=0, last_layer=tok.last_layer_weight)
+    # By hand (§2.1): g = −mean D(x̂); d_weight = 0.5·‖∇nll‖ / (‖∇g‖ + 1e-4) on the last layer.
+    g = -loss.discriminator(out.recon).mean()
+    nll = (x - out.recon).abs().sum() / x.shape[0]
+    nll_grad, = torch.autograd.grad(nll, tok.last_layer_weight, retain_graph=True)
+    g_grad, = torch.autograd.grad(g, tok.last_layer_weight, retain_graph=True)
+    torch.testing.assert_close(logs["g_loss"], g.detach())
+    torch.testing.assert_close(logs["d_weight"], 0.5 * nll_grad.norm() / (g_grad.norm() + 1e-4))
+    torch.testing.assert_close(logs["loss"], nll + 0.01 * tok.kl(out.mean).mean() + logs["d_weight"] * g)
 
 
 def test_diffaug_shapes_and_per_sample_randomness():

@@ -21,10 +21,11 @@ def _is_exercise(cell) -> bool:
     return cell.cell_type == "code" and "# TODO" in cell.source and "..." in cell.source
 
 
-def test_there_are_notebooks():
-    if not NAMES:
-        pytest.skip("no notebooks yet")
-    assert (EXERCISES / NAMES[0]).parent.is_dir()
+def test_the_notebooks_are_the_readme_course_map():
+    """Every notebook is listed in the README's course map and every listed one exists."""
+    listed = re.findall(r"\]\(solutions/([^)]+\.ipynb)\)", (REPO / "README.md").read_text())
+    assert len(listed) >= 7 and listed == sorted(listed)
+    assert NAMES == listed
 
 
 @pytest.mark.parametrize("name", NAMES)

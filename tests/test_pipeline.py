@@ -30,11 +30,15 @@ def checkpoints(tmp_path_factory, pipe):
 
 
 def test_generate_any_width_and_batch_of_one(pipe):
-    images = pipe.generate([3], width=16, seed=0)
-    assert images.shape == (1, 3, 32, 16)
-    images = pipe.generate(torch.tensor([0, 7]), width=24, cfg=2.0, seed=0)
+    # The fresh flow head outputs v = 0 (zero-initialised last layer), so the Euler sampler returns
+    # its starting noise × temperature: the images must be exactly the decoded noise / scale.
+    noise = torch.randn(2, 3, 16)
+    images = pipe.generate(torch.tensor([0, 7]), width=24, cfg=2.0, temperature=0.5, noise=noise)
     assert images.shape == (2, 3, 32, 24)
-    assert images.min() >= -1 and images.max() <= 1
+    torch.testing.assert_close(images, pipe.tokenizer.decode(0.5 * noise / SCALE).clamp(-1, 1))
+    noise = torch.randn(1, 2, 16)
+    torch.testing.assert_close(pipe.generate([3], width=16, noise=noise),
+                               pipe.tokenizer.decode(noise / SCALE).clamp(-1, 1))
     assert pipe.generate([1], seed=0).shape[-1] == 16 * 8  # default: 16 tokens
 
 
@@ -80,8 +84,12 @@ def test_regenerate_keeps_the_chosen_tokens(pipe):
 
 def test_continue_extends_an_image(pipe):
     start = pipe.generate([5], width=24, seed=0)
-    longer = pipe.continue_(start, [5], width=48, seed=0)
+    noise = torch.randn(1, 6, 16)
+    longer = pipe.continue_(start, [5], width=48, noise=noise)
     assert longer.shape == (1, 3, 32, 48)
+    # The 3 tokens of ``start`` are kept; the zero-initialised head turns the rest into its noise.
+    tokens = torch.cat([pipe.encode(start), noise[:, 3:]], dim=1)  # (1, 6, C)
+    torch.testing.assert_close(longer, pipe.decode(tokens))
     with pytest.raises(ValueError, match="exceed"):
         pipe.continue_(start, [5], width=24)
 
@@ -90,7 +98,9 @@ def test_from_checkpoints_restores_the_scale(checkpoints, pipe):
     tok, gen = checkpoints
     loaded = Pipeline.from_checkpoints(tok, gen)
     assert loaded.latent_scale == SCALE
-    torch.testing.assert_close(loaded.generate([3], width=16, seed=0), pipe.generate([3], width=16, seed=0))
+    noise = torch.randn(1, 2, 16)  # the zero-initialised head returns it: decode(noise / SCALE)
+    torch.testing.assert_close(loaded.generate([3], width=16, noise=noise),
+                               loaded.tokenizer.decode(noise / SCALE).clamp(-1, 1))
     with pytest.raises(CheckpointError, match="swapped"):
         Pipeline.from_checkpoints(gen, gen)
     with pytest.raises(CheckpointError, match="latent_scale"):

@@ -130,9 +130,11 @@ def test_plot_loss_curves_skips_missing_values():
 
 
 def test_tokenizer_demo_writes_figures_and_reference_scores(tiny_tokenizer, tmp_path):
-    from minieq.demo import run_tokenizer_demo
+    from minieq.course.demo import fit_column_pca, run_tokenizer_demo
 
-    summary = run_tokenizer_demo(tiny_tokenizer, tmp_path, num_images=8)
+    cfg = tiny_tokenizer.config
+    pca = fit_column_pca(cfg, 16 * cfg.column_width, num_images=64)
+    summary = run_tokenizer_demo(tiny_tokenizer, tmp_path, num_images=8, pca=pca)
     for name in ("reconstructions.png", "token_by_token.gif", "token_by_token.png"):
         assert (tmp_path / name).stat().st_size > 0
     keys = ("heldout_psnr_db", "heldout_ssim", "baseline_row_mean_psnr_db",

@@ -1,6 +1,6 @@
 """Benchmark: SynthScapes rendering speed (images per second) for a few sizes.
 
-Usage: python -m minieq.bench_data [--images 2048] [--batch 256] [--threads N]
+Usage: python -m minieq.bench.data [--images 2048] [--batch 256] [--threads N]
 """
 from __future__ import annotations
 

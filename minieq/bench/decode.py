@@ -1,7 +1,7 @@
 """Benchmark: time and peak memory of decoding long token sequences, full vs windowed.
 
-    python -m minieq.bench_decode                      # tiny preset on CPU, paper preset on CUDA
-    python -m minieq.bench_decode --preset golden --tokens 64 256
+    python -m minieq.bench.decode                      # tiny preset on CPU, paper preset on CUDA
+    python -m minieq.bench.decode --preset golden --tokens 64 256
 
 ``decode`` runs the 2D decoder on the whole 16·N-column map, so its global attention costs
 time ∝ N² (and memory ∝ N² where no memory-efficient attention kernel is used) and every

@@ -16,11 +16,12 @@ models trained **from scratch** here in a few CPU minutes.
    of each model's reconstructions and samples, next to its floor and the PCA codec.
 
 FAST models land in ``<out>/models/fast`` and are reused by the next run; ``summary.json``
-holds the measured numbers. Usage: ``python -m minieq.demo --out runs/demo``.
+holds the measured numbers. Usage: ``python -m minieq.course.demo --out runs/demo``.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from pathlib import Path
@@ -47,37 +48,37 @@ def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dic
 
 @torch.no_grad()
 def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0, tag: str = "",
-                       baselines: bool = True) -> dict:
+                       pca=None) -> dict:
     """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure.
 
     Files are named ``reconstructions{tag}.png`` and ``token_by_token{tag}.png/.gif``;
-    ``baselines`` adds the no-training references (row/column means, the PCA column codec).
+    ``pca`` (a fitted :class:`minieq.metrics.ColumnPCA`) adds the no-training references
+    (row/column means, the PCA column codec).
     """
-    from minieq.data import SynthScapes
-    from minieq.metrics import baseline_reconstructions, psnr, ssim
+    from minieq.metrics import baseline_reconstructions, psnr
+    from minieq.pretrained import evaluate_tokenizer, heldout_images
     from minieq.viz import frames_strip, reconstruction_grid, save_gif, token_by_token_frames
 
     cfg = tokenizer.config
     device = next(tokenizer.parameters()).device
-    val = SynthScapes(num_images, height=cfg.image_height, width=16 * cfg.column_width,
-                      seed=seed, split="val")
-    x = torch.stack([val[i][0] for i in range(len(val))]).to(device)  # (B, 3, H, W)
+    x = heldout_images(cfg.image_height, 16 * cfg.column_width, num_images, seed).to(device)  # (B, 3, H, W)
     tokens = tokenizer.encode(x)  # (B, N, C) posterior means
-    recon = tokenizer.decode(tokens).clamp(-1, 1)
-    Image.fromarray(reconstruction_grid(x[:8].cpu(), recon[:8].cpu())).save(out_dir / f"reconstructions{tag}.png")
+    recon = tokenizer.decode(tokens[:8]).clamp(-1, 1)
+    Image.fromarray(reconstruction_grid(x[:8].cpu(), recon.cpu())).save(out_dir / f"reconstructions{tag}.png")
     # The random tokens take the per-channel statistics of the whole held-out batch, as in
     # notebook 02, rather than those of the one image being revealed.
     frames = token_by_token_frames(tokenizer, x[0], generator=torch.Generator().manual_seed(seed),
                                    reference=tokens)
     save_gif(frames, out_dir / f"token_by_token{tag}.gif")
     Image.fromarray(frames_strip(frames)).save(out_dir / f"token_by_token{tag}.png")
-    summary = {"heldout_psnr_db": float(psnr(x, recon).mean()), "heldout_ssim": float(ssim(x, recon).mean()),
+    # The same numbers as the shipped models' recorded ones (evaluated on a CPU copy).
+    heldout = evaluate_tokenizer(copy.deepcopy(tokenizer), num_images, seed)
+    summary = {"heldout_psnr_db": heldout["psnr_db"], "heldout_ssim": heldout["ssim"],
                "heldout_images": num_images}
-    if baselines:
+    if pca is not None:
         summary.update({f"baseline_{name}_psnr_db": float(psnr(x, b).mean())
                         for name, b in baseline_reconstructions(x, cfg.column_width).items()})
         # The best linear codec with the same token budget, fitted on training images.
-        pca = fit_column_pca(cfg, x.shape[-1], seed)
         summary["baseline_column_pca_psnr_db"] = float(psnr(x.cpu(), pca(x.cpu())).mean())
     return summary
 
@@ -138,10 +139,11 @@ def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num
 
 
 @torch.no_grad()
-def run_fd_demo(tokenizers: dict, pipes: dict, num_images: int = 128, cfg: float = 3.0,
+def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: float = 3.0,
                 seed: int = 0) -> dict[str, dict[str, float]]:
-    """Offline FD / KID to training renders of held-out renders (the floor), the PCA codec, each
-    tokenizer's reconstructions and each generator's class samples (equal class mix and size).
+    """Offline FD / KID to training renders of held-out renders (the floor), the PCA codec
+    ``pca``, each tokenizer's reconstructions and each generator's class samples (equal class
+    mix and size).
 
     EfficientNet-Lite0 features: NOT comparable with published FID numbers (Inception-v3).
     """
@@ -156,7 +158,7 @@ def run_fd_demo(tokenizers: dict, pipes: dict, num_images: int = 128, cfg: float
     real = image_features(train)
     heldout = heldout_images(h, w, num_images, seed)  # the same class mix (image i: class i mod 8)
     sets = {"held-out renders (floor)": heldout,
-            "PCA column codec": fit_column_pca(first, w, seed)(heldout)}
+            "PCA column codec": pca(heldout)}
     for name, tok in tokenizers.items():
         device = next(tok.parameters()).device
         sets[f"{name} tokenizer reconstructions"] = torch.cat(
@@ -244,9 +246,11 @@ def main(argv=None) -> dict:
     tokenizers["scratch"] = stage("tokenizer", lambda: tiny_tokenizer(models, fast=fast, device=device))
 
     summary = {"models": {name: {"label": label} for name, label in labels.items()}}
+    cfg = tokenizers["scratch"].config
+    pca = stage("pca", lambda: fit_column_pca(cfg, 16 * cfg.column_width, args.seed))  # fitted once, used twice
     for name, tok in tokenizers.items():
         rec = stage(f"reconstruction {name}", lambda: run_tokenizer_demo(
-            tok, out, seed=args.seed, tag=f"_{name}", baselines=name == "scratch"))
+            tok, out, seed=args.seed, tag=f"_{name}", pca=pca if name == "scratch" else None))
         if name == "scratch":
             summary["baselines"] = {k: rec.pop(k) for k in list(rec) if k.startswith("baseline_")}
         summary["models"][name].update(rec)
@@ -272,7 +276,7 @@ def main(argv=None) -> dict:
     for figure in ("reconstructions", "token_by_token", "samples_by_class", "regeneration"):
         compare_figure(out, figure, labels)
 
-    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, args.fd_images, cfg=args.cfg, seed=args.seed))
+    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, pca, args.fd_images, cfg=args.cfg, seed=args.seed))
     summary["fd_lite0"] = fd
     print(f"[fd] offline Fréchet distance / KID to {args.fd_images} training renders, {args.fd_images} "
           "images per set, on EfficientNet-Lite0 features (NOT comparable with published FID numbers):")

@@ -1,8 +1,8 @@
 """Benchmark: sliding-window KV-cache sampling vs the official full recompute, per token.
 
-    python -m minieq.bench_sampling                       # S width, 4 blocks, CPU, a few minutes
-    python -m minieq.bench_sampling --preset tiny --depth 4
-    python -m minieq.bench_sampling --preset L --device cuda
+    python -m minieq.bench.sampling                       # S width, 4 blocks, CPU, a few minutes
+    python -m minieq.bench.sampling --preset tiny --depth 4
+    python -m minieq.bench.sampling --preset L --device cuda
 
 What is measured, for each sequence length N (both modes in the same run):
 * transformer time per token: only the stack (``Generator.stream``: ``row`` + ``push``), not the
