@@ -28,12 +28,19 @@ class JsonlLogger:
     """Append one JSON object per ``log`` call to ``path``; mirror scalars to TensorBoard if asked.
 
     Only the main rank writes. Values that are tensors are converted with ``float``.
+    ``drop_from``: rows of an existing file with ``step >= drop_from`` are removed first, so a
+    resumed run that logs those steps again leaves no duplicate (0 empties the file).
     """
 
-    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None):
+    def __init__(self, path: str | Path | None, tensorboard_dir: str | Path | None = None,
+                 drop_from: int | None = None):
         self.path = Path(path) if path is not None and dist.is_main() else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if drop_from is not None and self.path.is_file():
+                kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                        if _step(line) is not None and _step(line) < drop_from]
+                self.path.write_text("".join(kept))
         self.tb = None
         if tensorboard_dir is not None and dist.is_main():
             try:
@@ -59,6 +66,14 @@ class JsonlLogger:
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()
+
+
+def _step(line: str) -> int | None:
+    """The step of one metrics line; None for a blank line or one cut short by a killed run."""
+    try:
+        return json.loads(line)["step"] if line.strip() else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _plain(value: Any) -> Any:
