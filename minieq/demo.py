@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from minieq.pipeline import TRAIN_TOKENS
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.viz import panorama, save_image_grid
 
@@ -59,7 +60,7 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
 
     cfg = tokenizer.config
     device = next(tokenizer.parameters()).device
-    val = SynthScapes(num_images, height=cfg.image_height, width=16 * cfg.column_width,
+    val = SynthScapes(num_images, height=cfg.image_height, width=TRAIN_TOKENS * cfg.column_width,
                       seed=seed, split="val")
     x = torch.stack([val[i][0] for i in range(len(val))]).to(device)  # (B, 3, H, W)
     tokens = tokenizer.encode(x)  # (B, N, C) posterior means
@@ -100,9 +101,9 @@ def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4,
 
     num_classes = pipe.generator.config.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, 16 columns)
+    samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, pipe.train_width)
     save_image_grid(out_dir / f"samples_by_class{tag}.png", samples.cpu(), nrow=per_class)
-    train_width = pipe.DEFAULT_TOKENS * pipe.column_width
+    train_width = pipe.train_width
     stats = {"cfg": cfg}
     for factor in long_factors:
         # 64×: mountains and forest; the two strips are sampled as one batch, token by token,
@@ -150,7 +151,7 @@ def run_fd_demo(tokenizers: dict, pipes: dict, num_images: int = 128, cfg: float
     from minieq.synthscapes import render_synthscapes
 
     first = next(iter(tokenizers.values())).config
-    h, w = first.image_height, 16 * first.column_width
+    h, w = first.image_height, TRAIN_TOKENS * first.column_width
     labels = torch.arange(num_images) % len(SYNTHSCAPES_CLASSES)
     train = render_synthscapes(labels, h, w, seed=seed)  # (num_images, 3, H, W) training renders
     real = image_features(train)

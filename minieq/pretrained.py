@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.pipeline import TRAIN_TOKENS
 from minieq.utils import pick_device
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
@@ -80,7 +81,7 @@ def evaluate_tokenizer(tokenizer: nn.Module, num_images: int = HELDOUT_IMAGES,
 
     tokenizer = tokenizer.float().cpu().eval()
     cfg = tokenizer.config
-    x = heldout_images(cfg.image_height, 16 * cfg.column_width, num_images, seed)
+    x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images, seed)
     recon = torch.cat([tokenizer.decode(tokenizer.encode(b)).clamp(-1, 1) for b in x.split(batch_size)])
     return {"psnr_db": round(float(psnr(x, recon).mean()), 4), "ssim": round(float(ssim(x, recon).mean()), 4),
             "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
@@ -102,6 +103,7 @@ def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -
         meta["heldout"] = evaluate_tokenizer(copy.deepcopy(model).float())
     elif "latent_scale" in ckpt:
         meta["latent_scale"] = float(ckpt["latent_scale"])
+        meta["train_tokens"] = int(ckpt.get("train_tokens", TRAIN_TOKENS))
     save_checkpoint(out, model, **meta)
     return meta
 
