@@ -338,11 +338,13 @@ class LatentDataset(Dataset):
 
 
 def check_image_size(images: Tensor, height: int, column_width: int) -> None:
-    """Raise ``ValueError`` unless ``images`` is (B, 3, height, k·column_width) with k ≥ 1."""
+    """Raise ``ValueError`` unless ``images`` is (B, 3, height, k·column_width) with k ≥ 2, the
+    tokenizer's minimum (its 1D layers need two columns)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     h, w = images.shape[-2:]
     if h != height:
         raise ValueError(f"image height {h} does not match the tokenizer's image height {height}")
-    if w < column_width or w % column_width:
-        raise ValueError(f"image width {w} is not a positive multiple of the column width {column_width}")
+    if w < 2 * column_width or w % column_width:
+        raise ValueError(f"image width {w} must be a multiple of the column width {column_width} "
+                         f"and at least {2 * column_width} (2 token columns, the tokenizer's minimum)")

@@ -264,6 +264,9 @@ def test_check_image_size():
         check_image_size(torch.zeros(2, 3, 32, 100), 32, 8)
     with pytest.raises(ValueError, match="multiple"):
         check_image_size(torch.zeros(2, 3, 32, 0), 32, 8)
+    check_image_size(torch.zeros(2, 3, 32, 16), 32, 8)  # two columns: the tokenizer's minimum
+    with pytest.raises(ValueError, match="at least 16"):
+        check_image_size(torch.zeros(2, 3, 32, 8), 32, 8)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         check_image_size(torch.zeros(3, 32, 128), 32, 8)
 
