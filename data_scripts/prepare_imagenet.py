@@ -8,7 +8,7 @@ Expected layout (see data_scripts/README.md)::
 Writes ROOT/minieq_imagenet_train.tsv and ROOT/minieq_imagenet_val.tsv and prints counts.
 Usage: python data_scripts/prepare_imagenet.py --root /data/imagenet [--verify]
 """
-from minieq.data import prepare_args, scan_image_folder, write_split
+from minieq.data import prepare_args, run_prepare, scan_image_folder, write_split
 
 
 def main(argv=None) -> None:
@@ -30,4 +30,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

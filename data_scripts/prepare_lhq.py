@@ -5,7 +5,7 @@ official split; we hold out every 100th image (in sorted order) as validation (d
 Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
 Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
 """
-from minieq.data import IMAGE_EXTENSIONS, lhq_split, prepare_args, write_split
+from minieq.data import IMAGE_EXTENSIONS, lhq_split, prepare_args, run_prepare, write_split
 
 
 def main(argv=None) -> None:
@@ -26,4 +26,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

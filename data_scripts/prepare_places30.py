@@ -15,7 +15,7 @@ Usage: python data_scripts/prepare_places30.py --root /data/places365 [--verify]
 """
 from pathlib import Path
 
-from minieq.data import places30_classes, prepare_args, scan_image_folder, write_split
+from minieq.data import places30_classes, prepare_args, run_prepare, scan_image_folder, write_split
 
 
 def from_official(root: Path, classes: list[str]) -> dict:
@@ -62,4 +62,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

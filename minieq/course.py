@@ -119,8 +119,7 @@ def tiny_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None =
     if retrain and work.exists():
         for old in [partial, work / "metrics.jsonl"]:
             old.unlink(missing_ok=True)
-    resume = str(partial) if partial.exists() else None
-    ckpt = train_tokenizer(cfg, work, resume=resume, device=device)
+    ckpt = train_tokenizer(cfg, work, device=device)  # resumes from work/checkpoint.pt if it exists
     tok = load_checkpoint(ckpt)  # EMA weights
     save_checkpoint(path, tok, train_config=cfg.to_dict())
     return tok.to(device).eval()

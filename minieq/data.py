@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -153,11 +154,14 @@ def scan_image_folder(folder: str | os.PathLike, classes: list[str] | None = Non
     base = Path(relative_to) if relative_to is not None else folder
     if classes is None:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    class_dirs = [next((folder / n for n in (name, name.replace("/", "_")) if (folder / n).is_dir()), None)
+                  for name in classes]
+    missing = [name for name, d in zip(classes, class_dirs) if d is None]
+    if missing:  # all of them at once: a wrong root misses every class, not just the first
+        raise ValueError(f"{folder}: {len(missing)} of {len(classes)} class folders are missing: "
+                         f"{', '.join(missing)}")
     files, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = next((folder / n for n in (name, name.replace("/", "_")) if (folder / n).is_dir()), None)
-        if class_dir is None:
-            raise ValueError(f"{folder}: class folder {name!r} is missing")
+    for label, class_dir in enumerate(class_dirs):
         found = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         files += [str(p.relative_to(base)) for p in found]
         labels += [label] * len(found)
@@ -208,6 +212,16 @@ def prepare_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
     return parser.parse_args(argv)
+
+
+def run_prepare(main) -> None:
+    """Run a prepare script's ``main``: a problem with the user's folders (a wrong root, missing
+    class folders) ends as one line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_split(root: Path, dataset: str, split: str, files: list[str], labels: list[int],

@@ -29,7 +29,6 @@ reseeded every step.
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -40,14 +39,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minieq import dist
-from minieq.checkpoint import load_checkpoint
 from minieq.cli import add_run_flags, chosen_preset, parser_for, user_errors
 from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
 from minieq.ema import EMA
-from minieq.generator import Generator, GeneratorConfig
+from minieq.generator import FAST_SIZES, Generator, GeneratorConfig
 from minieq.logger import JsonlLogger, progress
-from minieq.pipeline import TRAIN_TOKENS, Pipeline, compute_latent_scale
-from minieq.tokenizer import sigma_vae_sample
+from minieq.generator_data import TrainingData, global_sigma_noise, step_seed
+from minieq.pipeline import Pipeline, compute_latent_scale
 from minieq.training import (TrainState, announce_start, batches_from, check_finite, resume_source,
                              warmup_constant, warmup_cosine)
 from minieq.utils import autocast, pick_device, seed_everything
@@ -97,7 +95,7 @@ class GeneratorTrainConfig(ConfigBase):
     model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
 
     HELP = {
-        "model": "GeneratorConfig preset: tiny, course_gpu, S, B, L, H",
+        "model": "GeneratorConfig preset: tiny, fast, course_gpu, S, B, L, H",
         "latents": "cached latent file (python -m minieq.cache_latents)",
         "tokenizer": "tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt): encodes on the "
                      "fly without --latents, and decodes the sample grids",
@@ -134,12 +132,12 @@ class GeneratorTrainConfig(ConfigBase):
         # Table 8 / reference-spec §3.10 (the field defaults): the Large model, 1200 epochs at
         # global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100 warmup epochs, then constant.
         "paper": dict(sample_every=10000),
-        # CPU, minutes: a ~0.5M-parameter model (4 blocks of width 64: each token sees up to 12
-        # tokens back, reference-spec §3.4), a short EMA and a high LR for a few hundred steps.
+        # CPU, minutes: the FAST model (GeneratorConfig "fast": 4 blocks of width 64, each token
+        # sees up to 12 tokens back, reference-spec §3.4), a short EMA and a high LR for a few
+        # hundred steps. Stored as "tiny" + overrides, the form existing course runs recorded.
         "tiny": dict(model="tiny", global_batch=32, max_steps=400, warmup_epochs=0.1, blr=8e-3,
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
-                     save_every=100, model_overrides=dict(embed_dim=64, depth=4, num_heads=2,
-                                                          head_width=128, head_depth=2)),
+                     save_every=100, model_overrides=dict(FAST_SIZES)),
         # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M params),
         # 8 epochs of the course latents, ~1.4 CPU-hours (0.63 s/step measured on one thread).
         "course": dict(model="tiny", global_batch=32, max_steps=8000, warmup_epochs=0.25, blr=4e-3,
@@ -171,12 +169,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def step_seed(*parts) -> int:
-    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class _LossModule(nn.Module):
     """Wraps ``Generator.loss`` as ``forward`` so DistributedDataParallel sees (and syncs) the call."""
 
@@ -186,81 +178,6 @@ class _LossModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.generator.loss(tokens, labels, per_position=True)  # (N,)
-
-
-class _Data:
-    """Posterior means + labels per batch, from a latent file or a tokenizer on the fly."""
-
-    def __init__(self, cfg: GeneratorTrainConfig, device: torch.device):
-        from minieq import data as mdata
-
-        self.device = device
-        self.tokenizer = None
-        if cfg.tokenizer is not None:
-            self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device,
-                                             expect="ColumnTokenizer").requires_grad_(False)
-        if cfg.latents is not None:
-            self.dataset = mdata.LatentDataset(cfg.latents)
-        elif self.tokenizer is not None:
-            self.dataset = _image_dataset(cfg, self.tokenizer.config)
-        else:
-            raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
-        self.num_classes = cfg.num_classes or _num_classes(self.dataset)
-        stored = getattr(self.dataset, "meta", {}).get("noise_std")  # written by cache_latents
-        if self.tokenizer is not None:
-            stored = self.tokenizer.config.noise_std
-        self.noise_std = cfg.noise_std or stored or 2.5
-
-    @torch.no_grad()
-    def means(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, labels = batch[0].to(self.device), batch[1].to(self.device)
-        if x.dim() == 4:  # images (B, 3, H, W): encode in fp32, as the official script does
-            x = self.tokenizer.encode(x)  # (B, N, C)
-        return x.float(), labels.long()
-
-    def token_shape(self) -> tuple[int, int]:
-        """(N, C) of one training sample: the training length and the token channels."""
-        with torch.random.fork_rng(devices=[]):  # a random crop here must not move the init's RNG
-            x, label = self.dataset[0]
-        return tuple(self.means((x[None], torch.as_tensor([label])))[0].shape[1:])
-
-    def scale_sample(self, batch_size: int, batches: int = 8) -> torch.Tensor:
-        """Posterior means for :func:`compute_latent_scale` (a few batches when encoding on the fly)."""
-        if self.tokenizer is None or hasattr(self.dataset, "latents"):
-            return self.dataset
-        it = batches_from(self.dataset, batch_size, seed=1)
-        return torch.cat([self.means(next(it)[1])[0].cpu() for _ in range(batches)])  # (M, N, C)
-
-
-def _image_dataset(cfg: GeneratorTrainConfig, tok_cfg):
-    """The images to encode on the fly: TRAIN_TOKENS columns wide (256 × 256 at paper size)."""
-    from minieq.data import build_dataset
-
-    return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
-                         width=TRAIN_TOKENS * tok_cfg.column_width, num_images=cfg.synth_images,
-                         seed=cfg.seed)
-
-
-def _num_classes(dataset) -> int:
-    """From the data set's class list, the latent file's metadata, or the largest label."""
-    meta = getattr(dataset, "meta", {})
-    for value in (getattr(dataset, "classes", None), meta.get("num_classes"), meta.get("classes")):
-        if value is not None:
-            return value if isinstance(value, int) else len(value)
-    return int(torch.as_tensor(dataset.labels).max()) + 1
-
-
-def global_sigma_noise(means: torch.Tensor, seed: int, step: int, noise_std: float) -> torch.Tensor:
-    """σ-VAE noise for this rank's rows of the global batch (B_global = world × B, interleaved).
-
-    ``ResumableSampler`` gives rank r the rows r, r + world, ... of each global batch, so drawing
-    the whole global batch and slicing [r::world] makes every sample's noise independent of the
-    number of GPUs.
-    """
-    world, rank = dist.world_size(), dist.rank()
-    g = torch.Generator(device=means.device).manual_seed(step_seed(seed, "vae", step))
-    zeros = means.new_zeros(world * means.shape[0], *means.shape[1:])  # (world·B, N, C)
-    return sigma_vae_sample(zeros, std=noise_std, generator=g)[rank::world]  # (B, N, C)
 
 
 def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -313,7 +230,7 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
     resume = resume_source(ckpt_path, resume, fresh=not cfg.resume)
     seed_everything(cfg.seed)
 
-    data = _Data(cfg, device)
+    data = TrainingData(cfg, device)
     steps_per_epoch = len(data.dataset) // cfg.global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.global_batch}")
