@@ -31,7 +31,20 @@ def parser_for(tool: str, description: str) -> argparse.ArgumentParser:
                                    formatter_class=HelpFormatter)
 
 
-def chosen_preset(argv: list[str] | None, presets: dict, default: str) -> str:
+def trainer_parser(tool: str, description: str, config_cls: type, presets_help: dict[str, str],
+                   default: str, checkpoint_name: str, argv: list[str] | None):
+    """The parser both trainers start from: ``--preset`` (its help describes every preset) and
+    the run flags. Returns ``(parser, config of the chosen preset, its name)``, so the trainer's
+    own flags can show that preset's values as their defaults."""
+    preset = _chosen_preset(argv, config_cls.PRESETS, default)
+    parser = parser_for(tool, description)
+    parser.add_argument("--preset", default=default, choices=list(config_cls.PRESETS),
+                        help="; ".join(f"{k}: {v}" for k, v in presets_help.items()))
+    add_run_flags(parser, checkpoint_name)
+    return parser, config_cls.preset(preset), preset
+
+
+def _chosen_preset(argv: list[str] | None, presets: dict, default: str) -> str:
     """The ``--preset`` on the command line (``default`` if absent or unknown), read before the
     full parser exists so that ``--help`` can show that preset's values as the defaults."""
     pre = argparse.ArgumentParser(add_help=False)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minieq import dist
-from minieq.cli import add_run_flags, chosen_preset, parser_for, user_errors
+from minieq.cli import trainer_parser, user_errors
 from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
 from minieq.ema import EMA
 from minieq.generator import FAST_SIZES, Generator, GeneratorConfig
@@ -326,12 +326,8 @@ PRESET_HELP = {
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``--preset`` + ``--out`` + one flag per config field (see ``--help``); returns 0."""
-    preset = chosen_preset(argv, GeneratorTrainConfig.PRESETS, DEFAULT_PRESET)
-    shown = GeneratorTrainConfig.preset(preset)
-    parser = parser_for("train_generator", __doc__)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(GeneratorTrainConfig.PRESETS),
-                        help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
-    add_run_flags(parser, "generator.pt")
+    parser, shown, preset = trainer_parser("train_generator", __doc__, GeneratorTrainConfig, PRESET_HELP,
+                                           DEFAULT_PRESET, "generator.pt", argv)
     group = parser.add_argument_group(f"training (defaults of preset {preset!r})")
     # out and resume have their own flags above (a folder; a checkpoint path and --fresh).
     run_fields = ("out", "resume")

@@ -34,7 +34,7 @@ from torchvision.utils import save_image
 
 from minieq import dist
 from minieq.checkpoint import build_model, load_state_strict, read_checkpoint
-from minieq.cli import add_run_flags, chosen_preset, parser_for, user_errors
+from minieq.cli import trainer_parser, user_errors
 from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
 from minieq.ema import EMA
 from minieq.logger import JsonlLogger, progress
@@ -325,12 +325,8 @@ def _disc_state(disc: nn.Module | None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: ``--preset`` + ``--out`` + one flag per config field (see ``--help``); returns 0."""
-    preset = chosen_preset(argv, TokenizerTrainConfig.PRESETS, DEFAULT_PRESET)
-    shown = TokenizerTrainConfig.preset(preset)
-    parser = parser_for("train_tokenizer", __doc__)
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(TokenizerTrainConfig.PRESETS),
-                        help="; ".join(f"{k}: {v}" for k, v in PRESET_HELP.items()))
-    add_run_flags(parser, "checkpoint.pt")
+    parser, shown, preset = trainer_parser("train_tokenizer", __doc__, TokenizerTrainConfig, PRESET_HELP,
+                                           DEFAULT_PRESET, "checkpoint.pt", argv)
     train_flags = parser.add_argument_group(f"training (defaults of preset {preset!r})")
     add_dataclass_args(train_flags, TokenizerTrainConfig, shown=shown, flags={"ckpt_every": "save_every"})
     loss_flags = parser.add_argument_group(f"loss (defaults of preset {preset!r})")

@@ -72,39 +72,38 @@ def assert_same_weights(a, b, keys):
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs"
 
 
-def test_tokenizer_rerun_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
-    assert tt.main(["--preset", "micro", "--out", str(tmp_path / "straight"), "--device", "cpu"]) == 0
-    argv = ["--preset", "micro", "--out", str(tmp_path / "killed"), "--device", "cpu"]
+def kill_and_rerun(module, argv, tmp_path, monkeypatch, capsys, checkpoint_name):
+    """Run straight; run again, killed after the checkpoint of step 2; rerun the same command.
+
+    Returns (straight checkpoint, resumed checkpoint, what the rerun printed)."""
+    assert module.main([*argv, "--out", str(tmp_path / "straight")]) == 0
+    killed = [*argv, "--out", str(tmp_path / "killed")]
     with monkeypatch.context() as m:
-        kill_at(m, tt, 3)
+        kill_at(m, module, 3)
         with pytest.raises(KeyboardInterrupt):
-            tt.main(argv)
-    assert read_checkpoint(tmp_path / "killed" / "checkpoint.pt")["train_state"]["step"] == 2
+            module.main(killed)
+    assert read_checkpoint(tmp_path / "killed" / checkpoint_name)["train_state"]["step"] == 2
     capsys.readouterr()
-    assert tt.main(argv) == 0
-    assert f"resuming from {tmp_path / 'killed' / 'checkpoint.pt'} at step 2" in capsys.readouterr().out
-    straight = read_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    resumed = read_checkpoint(tmp_path / "killed" / "checkpoint.pt")
+    assert module.main(killed) == 0
+    printed = capsys.readouterr().out
+    return (read_checkpoint(tmp_path / "straight" / checkpoint_name),
+            read_checkpoint(tmp_path / "killed" / checkpoint_name), printed)
+
+
+def test_tokenizer_rerun_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
+    straight, resumed, printed = kill_and_rerun(tt, ["--preset", "micro", "--device", "cpu"], tmp_path,
+                                                monkeypatch, capsys, "checkpoint.pt")
+    assert f"resuming from {tmp_path / 'killed' / 'checkpoint.pt'} at step 2" in printed
     assert_same_weights(straight, resumed, ("state_dict", "ema_state_dict", "discriminator"))
     assert logged_steps(tmp_path / "killed") == [0, 1, 2, 3]  # no duplicate rows after the resume
 
 
 def test_generator_rerun_resumes_after_a_kill(tmp_path, monkeypatch, capsys, checkpoints):
-    common = ["--preset", "micro", "--latents", str(checkpoints["latents"]), "--device", "cpu"]
-    assert tg.main([*common, "--out", str(tmp_path / "straight")]) == 0
-    argv = [*common, "--out", str(tmp_path / "killed")]
-    with monkeypatch.context() as m:
-        kill_at(m, tg, 3)
-        with pytest.raises(KeyboardInterrupt):
-            tg.main(argv)
-    assert read_checkpoint(tmp_path / "killed" / "generator.pt")["train_state"]["step"] == 2
-    capsys.readouterr()
-    assert tg.main(argv) == 0
-    assert f"resuming from {tmp_path / 'killed' / 'generator.pt'} at step 2" in capsys.readouterr().out
-    straight = read_checkpoint(tmp_path / "straight" / "generator.pt")
-    resumed = read_checkpoint(tmp_path / "killed" / "generator.pt")
+    argv = ["--preset", "micro", "--latents", str(checkpoints["latents"]), "--device", "cpu"]
+    straight, resumed, printed = kill_and_rerun(tg, argv, tmp_path, monkeypatch, capsys, "generator.pt")
+    assert f"resuming from {tmp_path / 'killed' / 'generator.pt'} at step 2" in printed
     assert_same_weights(straight, resumed, ("state_dict", "ema_state_dict"))
-    assert logged_steps(tmp_path / "killed") == [1, 2, 3, 4]
+    assert logged_steps(tmp_path / "killed") == [1, 2, 3, 4]  # rows count steps done
     assert resumed["train_tokens"] == 4  # the training length travels with the checkpoint
 
 
