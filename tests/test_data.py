@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from minieq.checkpoint import CheckpointError, atomic_torch_save
 from minieq.data import (SYNTHSCAPES_CLASSES, LatentDataset, SynthScapes, check_image_size, imagenet,
-                         lhq, places30, places30_classes, read_index, render_synthscapes)
+                         lhq, places30, places30_classes, read_index, render_synthscapes, run_prepare)
 from minieq.training import ResumableSampler
 
 REPO = Path(__file__).resolve().parent.parent
@@ -189,6 +189,18 @@ def test_imagefolder_with_distributed_and_resumable_samplers(fake_imagefolder):
 
 def _script(name: str):
     return runpy.run_path(str(REPO / "data_scripts" / f"{name}.py"), run_name="test")["main"]
+
+
+def test_prepare_names_every_missing_class_folder_in_one_line(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / split / places30_classes()[0]).mkdir(parents=True)
+    main = _script("prepare_places30")
+    with pytest.raises(SystemExit) as exit_:
+        run_prepare(lambda: main(["--root", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    n = len(places30_classes())
+    assert f"{n - 1} of {n} class folders are missing" in err and places30_classes()[-1] in err
 
 
 def test_prepare_imagenet_writes_index(fake_imagefolder, capsys):
