@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from PIL import Image
@@ -47,6 +48,16 @@ def prepare_args(doc: str, argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", required=True, type=Path)
     parser.add_argument("--verify", action="store_true", help="decode every image and drop unreadable ones")
     return parser.parse_args(argv)
+
+
+def run_prepare(main) -> None:
+    """Run a prepare script's ``main``: a problem with the user's folders (a wrong root, missing
+    class folders) ends as one line on stderr and exit status 2, not a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def write_split(root: Path, dataset: str, split: str, files: list[str], labels: list[int],

@@ -9,7 +9,7 @@ Writes ROOT/minieq_imagenet_train.tsv and ROOT/minieq_imagenet_val.tsv and print
 Usage: python data_scripts/prepare_imagenet.py --root /data/imagenet [--verify]
 """
 from minieq.data import scan_image_folder
-from prepare_common import prepare_args, write_split
+from prepare_common import prepare_args, run_prepare, write_split
 
 
 def main(argv=None) -> None:
@@ -31,4 +31,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

@@ -6,7 +6,7 @@ Writes ROOT/minieq_lhq_train.tsv and ROOT/minieq_lhq_val.tsv and prints counts.
 Usage: python data_scripts/prepare_lhq.py --root /data/lhq_256 [--verify]
 """
 from minieq.data import IMAGE_EXTENSIONS, lhq_split
-from prepare_common import prepare_args, write_split
+from prepare_common import prepare_args, run_prepare, write_split
 
 
 def main(argv=None) -> None:
@@ -27,4 +27,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

@@ -16,7 +16,7 @@ Usage: python data_scripts/prepare_places30.py --root /data/places365 [--verify]
 from pathlib import Path
 
 from minieq.data import places30_classes, scan_image_folder
-from prepare_common import prepare_args, write_split
+from prepare_common import prepare_args, run_prepare, write_split
 
 
 def from_official(root: Path, classes: list[str]) -> dict:
@@ -63,4 +63,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_prepare(main)

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from minieq.checkpoint import atomic_torch_save, load_checkpoint
+from minieq.cli import parser_for, user_errors
 from minieq.logger import progress
 from minieq.utils import pick_device
 
@@ -65,27 +67,31 @@ def _dataset(args: argparse.Namespace, tok_config):
                          width=args.width, num_images=args.num_images, seed=args.seed, train=False)
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description="Encode a data set into a latent file.")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (minieq format)")
-    parser.add_argument("--data", default="synthscapes", help="synthscapes | imagenet | places30 | lhq")
-    parser.add_argument("--data_path", default=None)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--num_images", type=int, default=4096, help="SynthScapes only")
-    parser.add_argument("--width", type=int, default=128, help="SynthScapes only")
-    parser.add_argument("--seed", type=int, default=0, help="SynthScapes only")
+def main(argv: list[str] | None = None) -> int:
+    """CLI (see ``--help``); writes the latent file and returns 0."""
+    parser = parser_for("cache_latents", __doc__)
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt)")
+    parser.add_argument("--data", default="synthscapes",
+                        help="synthscapes, imagenet, places30 or lhq (default: synthscapes)")
+    parser.add_argument("--data_path", default=None, help="root folder of a real data set")
+    parser.add_argument("--split", default="train", help="data split (default: train)")
+    parser.add_argument("--num_images", type=int, default=4096, help="SynthScapes only (default: 4096)")
+    parser.add_argument("--width", type=int, default=128, help="SynthScapes only, px (default: 128)")
+    parser.add_argument("--seed", type=int, default=0, help="SynthScapes only (default: 0)")
     parser.add_argument("--no_flips", action="store_true", help="do not add flipped copies")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=0)
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call (default: 64)")
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
+    parser.add_argument("--out", required=True, help="latent file to write")
     args = parser.parse_args(argv)
-    tok = load_checkpoint(args.tokenizer, map_location=pick_device(args.device))
-    path = cache_latents(tok, _dataset(args, tok.config), args.out, flips=not args.no_flips,
-                         batch_size=args.batch_size, num_workers=args.num_workers)
+    with user_errors(parser):
+        tok = load_checkpoint(args.tokenizer, map_location=pick_device(args.device), expect="ColumnTokenizer")
+        path = cache_latents(tok, _dataset(args, tok.config), args.out, flips=not args.no_flips,
+                             batch_size=args.batch_size, num_workers=args.num_workers)
     print(f"saved {path}")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -98,8 +98,16 @@ def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = (), mmap: bo
             f"{path}: not a readable PyTorch file (truncated or corrupt?): {message}") from err
 
 
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load and validate a minieq checkpoint dict (no model is built)."""
+# What each model class is called in messages to a user who passed the wrong file.
+KINDS = {"ColumnTokenizer": "tokenizer", "Generator": "generator"}
+
+
+def read_checkpoint(path: str | os.PathLike, expect: str | None = None) -> dict[str, Any]:
+    """Load and validate a minieq checkpoint dict (no model is built).
+
+    ``expect`` (a model class name, e.g. ``"ColumnTokenizer"``) refuses a checkpoint of any other
+    kind with one error that names both kinds and the file.
+    """
     ckpt = safe_torch_load(path)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointError(
@@ -111,7 +119,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_class", "config", "state_dict"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: minieq checkpoint without {key!r}")
+    if expect is not None and ckpt["model_class"] != expect:
+        raise CheckpointError(f"{path}: expected a {_kind(expect)} checkpoint, but the file holds a "
+                              f"{_kind(ckpt['model_class'])}")
     return ckpt
+
+
+def _kind(model_class: str) -> str:
+    return f"{KINDS[model_class]} ({model_class})" if model_class in KINDS else model_class
 
 
 def build_model(model_class: str, config: dict[str, Any], where: str = "checkpoint") -> nn.Module:
@@ -143,13 +158,14 @@ def load_state_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], whe
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu",
-                    use_ema: bool = True) -> nn.Module:
+                    use_ema: bool = True, expect: str | None = None) -> nn.Module:
     """Rebuild the model stored at ``path`` from its config and load its weights.
 
     If the file holds EMA weights (``ema_state_dict``) and ``use_ema`` is true they are used,
-    since EMA weights are what inference uses throughout the paper.
+    since EMA weights are what inference uses throughout the paper. ``expect``: as in
+    :func:`read_checkpoint`.
     """
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(path, expect=expect)
     model = build_model(ckpt["model_class"], ckpt["config"], where=str(path))
     state = ckpt.get("ema_state_dict") if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
     load_state_strict(model, state, where=str(path))

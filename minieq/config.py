@@ -20,6 +20,7 @@ class ConfigBase:
     """
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    HELP: ClassVar[dict[str, str]] = {}  # field -> command-line help (minieq.cli shows it)
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any):  # positional-only: a field may be called "name"
@@ -59,34 +60,54 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "") -> None:
+def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
+                       shown: Any = None, flags: dict[str, str] | None = None,
+                       skip: tuple[str, ...] = ()) -> None:
     """Add one ``--field`` flag per scalar/list field of a config dataclass (default: None).
 
     Flags left at None keep the preset's value, so a command line reads as "preset + overrides".
+    Each flag's help is ``cls.HELP[field]`` plus the value in ``shown`` (the preset's config);
+    ``flags`` renames a field's flag (the old spelling stays accepted, hidden from ``--help``)
+    and fields in ``skip`` get no flag.
     """
     hints = typing.get_type_hints(cls)
+    flags = flags or {}
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         kind = hints[f.name]
         origin = typing.get_origin(kind)
-        flag = f"--{prefix}{f.name}"
+        options: dict[str, Any] = {"default": None, "dest": f"{prefix}{f.name}"}
         if kind is bool:
-            parser.add_argument(flag, type=_str2bool, default=None, metavar="BOOL")
+            options.update(type=_str2bool, metavar="BOOL")
         elif kind in (int, float, str):
-            parser.add_argument(flag, type=kind, default=None)
+            options.update(type=kind)
         elif origin in (list, tuple):
             args = typing.get_args(kind)
-            item = args[0] if args and args[0] in (int, float, str) else str
-            parser.add_argument(flag, type=item, nargs="+", default=None)
+            options.update(type=args[0] if args and args[0] in (int, float, str) else str, nargs="+")
         elif origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
             inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
-            if inner in (int, float, str):
-                parser.add_argument(flag, type=inner, default=None)
+            if inner not in (int, float, str):
+                continue
+            options.update(type=inner)
+        else:
+            continue  # dict fields (overrides) are Python-API only
+        text = cls.HELP.get(f.name, f.name.replace("_", " "))
+        if shown is not None:
+            text += f" (default: {getattr(shown, f.name)!r})"
+        flag = f"--{prefix}{flags.get(f.name, f.name)}"
+        parser.add_argument(flag, help=text.replace("%", "%%"), **options)
+        if f.name in flags:
+            parser.add_argument(f"--{prefix}{f.name}", help=argparse.SUPPRESS, **options)
 
 
-def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, Any]:
-    """The fields of ``cls`` that were given on the command line."""
+def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "",
+                        skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` (except ``skip``) that were given on the command line."""
     out = {}
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         value = getattr(args, f"{prefix}{f.name}", None)
         if value is not None:
             out[f.name] = value

@@ -151,11 +151,14 @@ def scan_image_folder(folder: str | os.PathLike, classes: list[str] | None = Non
     base = Path(relative_to) if relative_to is not None else folder
     if classes is None:
         classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
+    class_dirs = [next((folder / n for n in (name, name.replace("/", "_")) if (folder / n).is_dir()), None)
+                  for name in classes]
+    missing = [name for name, d in zip(classes, class_dirs) if d is None]
+    if missing:  # all of them at once: a wrong root misses every class, not just the first
+        raise ValueError(f"{folder}: {len(missing)} of {len(classes)} class folders are missing: "
+                         f"{', '.join(missing)}")
     files, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = next((folder / n for n in (name, name.replace("/", "_")) if (folder / n).is_dir()), None)
-        if class_dir is None:
-            raise ValueError(f"{folder}: class folder {name!r} is missing")
+    for label, class_dir in enumerate(class_dirs):
         found = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
         files += [str(p.relative_to(base)) for p in found]
         labels += [label] * len(found)
@@ -290,11 +293,13 @@ class LatentDataset(Dataset):
 
 
 def check_image_size(images: Tensor, height: int, column_width: int) -> None:
-    """Raise ``ValueError`` unless ``images`` is (B, 3, height, k·column_width) with k ≥ 1."""
+    """Raise ``ValueError`` unless ``images`` is (B, 3, height, k·column_width) with k ≥ 2, the
+    tokenizer's minimum (its 1D layers need two columns)."""
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
     h, w = images.shape[-2:]
     if h != height:
         raise ValueError(f"image height {h} does not match the tokenizer's image height {height}")
-    if w < column_width or w % column_width:
-        raise ValueError(f"image width {w} is not a positive multiple of the column width {column_width}")
+    if w < 2 * column_width or w % column_width:
+        raise ValueError(f"image width {w} must be a multiple of the column width {column_width} "
+                         f"and at least {2 * column_width} (2 token columns, the tokenizer's minimum)")

@@ -34,9 +34,14 @@ from minieq.flow import FlowHead
 from minieq.generator_sampling import CachedStream, RecomputeStream, StrictStream, sampling_loop
 
 
+# The course's FAST generator (0.53 M params, minutes on a CPU): "tiny" at half its width with a
+# smaller flow head. The trainers' "tiny"/"fast" presets store it as model="tiny" + these overrides.
+FAST_SIZES = dict(embed_dim=64, depth=4, num_heads=2, head_width=128, head_depth=2)
+
+
 @dataclass
 class GeneratorConfig(ConfigBase):
-    """Generator hyper-parameters (paper Tables 7/8, reference-spec §3.1). Presets: tiny course_gpu S B L H."""
+    """Generator hyper-parameters (paper Tables 7/8, reference-spec §3.1). Presets: tiny fast course_gpu S B L H."""
 
     token_dim: int = 256             # C, the tokenizer's channels
     num_classes: int = 1000
@@ -72,6 +77,7 @@ class GeneratorConfig(ConfigBase):
         "course_gpu": dict(token_dim=64, num_classes=8, embed_dim=384, depth=12, num_heads=6,
                            head_width=768, head_depth=6, num_sampling_steps=50),
     }
+    PRESETS["fast"] = {**PRESETS["tiny"], **FAST_SIZES}
 
     def __post_init__(self):
         if self.attention not in ("window", "full", "strict"):

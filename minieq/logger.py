@@ -28,12 +28,18 @@ class JsonlLogger:
     """Append one JSON object per ``log`` call to ``path``.
 
     Only the main rank writes. Values that are tensors are converted with ``float``.
+    ``drop_from``: rows of an existing file with ``step >= drop_from`` are removed first, so a
+    resumed run that logs those steps again leaves no duplicate (0 empties the file).
     """
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, drop_from: int | None = None):
         self.path = Path(path) if path is not None and dist.is_main() else None
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            if drop_from is not None and self.path.is_file():
+                kept = [line for line in self.path.read_text().splitlines(keepends=True)
+                        if _step(line) is not None and _step(line) < drop_from]
+                self.path.write_text("".join(kept))
 
     def log(self, step: int, **metrics: Any) -> None:
         if self.path is None:
@@ -43,6 +49,14 @@ class JsonlLogger:
             row[key] = _plain(value)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
+
+
+def _step(line: str) -> int | None:
+    """The step of one metrics line; None for a blank line or one cut short by a killed run."""
+    try:
+        return json.loads(line)["step"] if line.strip() else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return None
 
 
 def _plain(value: Any) -> Any:

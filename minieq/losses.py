@@ -58,6 +58,23 @@ class TokenizerLossConfig(ConfigBase):
     dinov2_path: Optional[str] = None  # ... with dinov2_vitb14_pretrain.pth
 
     PRESETS = {"paper": {}}
+    HELP = {
+        "lpips_weight": "LPIPS perceptual-loss weight (needs the VGG16 file, else off)",
+        "kl_weight": "KL weight of the posterior",
+        "disc_type": "adversarial loss: dino (paper), patchgan (Table 5 baseline) or none",
+        "disc_weight": "adversarial-loss weight",
+        "disc_start": "step at which the discriminator starts",
+        "diffaug": "DiffAugment on the discriminator's inputs",
+        "disc_virtual_batch": "BatchNormLocal group size of the DINO discriminator",
+        "patchgan_channels": "PatchGAN base width",
+        "patchgan_layers": "PatchGAN depth",
+        "semantic_weight": "weight of the DINOv2 semantic-regularisation loss",
+        "semantic_start": "step at which the semantic loss starts",
+        "reduction": "sum (official: sum over pixels / B) or mean (everything / 3HW)",
+        "lpips_vgg_path": "file or folder with vgg16-397923af.pth",
+        "dino_path": "file or folder with dino_deitsmall16_pretrain.pth",
+        "dinov2_path": "file or folder with dinov2_vitb14_pretrain.pth",
+    }
 
     def __post_init__(self):
         if self.disc_type not in ("dino", "patchgan", "none"):

@@ -18,6 +18,11 @@ from torch import nn
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from minieq.tokenizer import sigma_vae_sample
 
+# The paper's training length (Table 8: 256 px / 16 px columns), used by the trainers when
+# encoding images on the fly. A generator checkpoint stores its own (``train_tokens``); files
+# written before it did fall back to this value.
+TRAIN_TOKENS = 16
+
 
 @torch.no_grad()
 def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples: int = 4096,
@@ -61,13 +66,13 @@ class Pipeline:
     """Class-conditional image generation with a column tokenizer and an AR generator.
 
     ``latent_scale`` maps tokenizer latents into the generator's space (tokens × scale); it
-    comes from :func:`compute_latent_scale` or from the generator checkpoint.
+    comes from :func:`compute_latent_scale` or from the generator checkpoint. ``train_tokens``
+    is the generator's training length, the default width of :meth:`generate` (from the
+    checkpoint too; :data:`TRAIN_TOKENS` if unknown).
     """
 
-    DEFAULT_TOKENS = 16  # the paper's training length (Table 8)
-
     def __init__(self, tokenizer: nn.Module, generator: nn.Module, latent_scale: float,
-                 long_decode_from: int = 64):
+                 long_decode_from: int = 64, train_tokens: int = TRAIN_TOKENS):
         if tokenizer.config.embed_dim != generator.config.token_dim:
             raise ValueError(
                 f"tokenizer makes {tokenizer.config.embed_dim}-channel tokens but the generator "
@@ -77,28 +82,33 @@ class Pipeline:
         self.tokenizer = tokenizer.eval()
         self.generator = generator.eval()
         self.latent_scale = float(latent_scale)
+        self.train_tokens = int(train_tokens)
         # Past this many tokens decode in bounded memory (tokenizer attention is global, O(N²)).
         self.long_decode_from = long_decode_from
 
     @classmethod
     def from_checkpoints(cls, tokenizer_path: str | os.PathLike, generator_path: str | os.PathLike,
                          device: torch.device | str = "cpu", use_ema: bool = True) -> "Pipeline":
-        """Load a tokenizer and a generator checkpoint (EMA weights); the scale comes from the latter."""
-        scale = read_checkpoint(generator_path).get("latent_scale")
-        if scale is None:
+        """Load a tokenizer and a generator checkpoint (EMA weights); the scale and the training
+        length come from the latter."""
+        ckpt = read_checkpoint(generator_path, expect="Generator")
+        if ckpt.get("latent_scale") is None:
             raise CheckpointError(
                 f"{generator_path}: no 'latent_scale' entry (not written by minieq.train_generator?)")
-        tokenizer = load_checkpoint(tokenizer_path, map_location=device, use_ema=use_ema)
+        tokenizer = load_checkpoint(tokenizer_path, map_location=device, use_ema=use_ema,
+                                    expect="ColumnTokenizer")
         generator = load_checkpoint(generator_path, map_location=device, use_ema=use_ema)
-        if not hasattr(tokenizer, "decode") or not hasattr(generator, "sample"):
-            raise CheckpointError(
-                f"expected a tokenizer in {tokenizer_path} and a generator in {generator_path}, got "
-                f"{type(tokenizer).__name__} and {type(generator).__name__} (swapped arguments?)")
-        return cls(tokenizer, generator, float(scale))
+        return cls(tokenizer, generator, float(ckpt["latent_scale"]),
+                   train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS))
 
     @property
     def column_width(self) -> int:
         return self.tokenizer.config.column_width
+
+    @property
+    def train_width(self) -> int:
+        """The generator's training width in px (``train_tokens`` columns of the tokenizer)."""
+        return self.train_tokens // self.rows * self.column_width
 
     @property
     def device(self) -> torch.device:
@@ -158,11 +168,11 @@ class Pipeline:
                  seed: int | None = None, progress: bool = False, **sample_kwargs) -> torch.Tensor:
         """Images (B, 3, H, width) in [-1, 1], one per label.
 
-        ``width`` defaults to 16 tokens (the training width) and may be any multiple of the
+        ``width`` defaults to :attr:`train_width` (16 tokens in the paper) and may be any multiple of the
         column width: the generator's windowed attention makes every length the same task
         (Sec. 3.3; the long images of Fig. 5).
         """
-        width = self.DEFAULT_TOKENS * self.column_width if width is None else width
+        width = self.train_width if width is None else width
         tokens = self.sample_tokens(labels, self.num_tokens(width), cfg=cfg, cfg_schedule=cfg_schedule,
                                     temperature=temperature, seed=seed, progress=progress, **sample_kwargs)
         return self.decode(tokens)

@@ -17,7 +17,6 @@ recomputes.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import sys
@@ -27,6 +26,8 @@ import torch
 from torch import nn
 
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.cli import parser_for, user_errors
+from minieq.pipeline import TRAIN_TOKENS
 from minieq.utils import pick_device
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
@@ -80,7 +81,7 @@ def evaluate_tokenizer(tokenizer: nn.Module, num_images: int = HELDOUT_IMAGES,
 
     tokenizer = tokenizer.float().cpu().eval()
     cfg = tokenizer.config
-    x = heldout_images(cfg.image_height, 16 * cfg.column_width, num_images, seed)
+    x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images, seed)
     recon = torch.cat([tokenizer.decode(tokenizer.encode(b)).clamp(-1, 1) for b in x.split(batch_size)])
     return {"psnr_db": round(float(psnr(x, recon).mean()), 4), "ssim": round(float(ssim(x, recon).mean()), 4),
             "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
@@ -102,6 +103,7 @@ def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -
         meta["heldout"] = evaluate_tokenizer(copy.deepcopy(model).float())
     elif "latent_scale" in ckpt:
         meta["latent_scale"] = float(ckpt["latent_scale"])
+        meta["train_tokens"] = int(ckpt.get("train_tokens", TRAIN_TOKENS))
     save_checkpoint(out, model, **meta)
     return meta
 
@@ -111,8 +113,7 @@ def _train_tokenizer(out: Path, steps: int | None) -> Path:
 
     overrides = {"steps": steps} if steps else {}
     cfg = TokenizerTrainConfig.preset("course", **overrides)
-    partial = out / "checkpoint.pt"
-    return train(cfg, out, resume=str(partial) if partial.exists() else None, device=pick_device())
+    return train(cfg, out, device=pick_device())  # resumes from out/checkpoint.pt if it exists
 
 
 def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:
@@ -136,20 +137,21 @@ def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tupl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Train (or resume) a pretrained course model and "
-                                                 "export it into minieq/weights/.")
-    parser.add_argument("model", choices=["tokenizer", "generator"])
+    parser = parser_for("pretrained", "Train (or resume) a pretrained course model (the trainers' "
+                                      "`course` preset) and export it into minieq/weights/.")
+    parser.add_argument("model", choices=["tokenizer", "generator"], help="which course model")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     parser.add_argument("--export", type=Path, default=None, help="file to write (default: the package's)")
     args = parser.parse_args(argv)
     command = "python -m minieq.pretrained " + " ".join(sys.argv[1:] if argv is None else argv)
-    if args.model == "tokenizer":
-        ckpt = _train_tokenizer(args.out, args.steps)
-        meta = export(ckpt, args.export or TOKENIZER_FILE, command)
-    else:
-        ckpt, latents = _train_generator(args.out, _shipped(TOKENIZER_FILE), args.steps)
-        meta = export(ckpt, args.export or GENERATOR_FILE, command, latents=latents)
+    with user_errors(parser):
+        if args.model == "tokenizer":
+            ckpt = _train_tokenizer(args.out, args.steps)
+            meta = export(ckpt, args.export or TOKENIZER_FILE, command)
+        else:
+            ckpt, latents = _train_generator(args.out, _shipped(TOKENIZER_FILE), args.steps)
+            meta = export(ckpt, args.export or GENERATOR_FILE, command, latents=latents)
     print(json.dumps({k: v for k, v in meta.items() if k != "train_config"}, indent=2))
     return meta
 

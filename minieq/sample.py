@@ -1,66 +1,62 @@
 """Sample images from trained checkpoints into a PNG: a grid, or one (long) image per row.
 
-    python -m minieq.sample --tokenizer runs/course/tokenizer.pt --generator runs/course/generator.pt \\
-        --classes 0 3 5 --width 1024 --cfg 3 --out samples.png [--grid] [--seed 0]
+    python -m minieq.sample --tokenizer runs/course/fast/tokenizer.pt \\
+        --generator runs/course/fast/generator.pt --classes 0 3 5 --width 1024 --cfg 3 \\
+        --out samples.png [--grid] [--seed 0]
 
 Any width that is a multiple of the tokenizer's column width (≥ 2 columns) works: the generator
-is trained on 16 tokens but its windowed attention makes every length the same task (Fig. 5).
+is trained on 16 tokens (its checkpoint says) but its windowed attention makes every length the
+same task (Fig. 5).
 Unlike the official eval script, a missing checkpoint is an error, never random weights
 (reference-spec §4.2), and a batch of one image works.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from pathlib import Path
+import sys
 
 import torch
 
-from minieq.checkpoint import CheckpointError
+from minieq.cli import parser_for, user_errors
 from minieq.pipeline import Pipeline
 from minieq.utils import pick_device
 from minieq.viz import save_image_grid
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tokenizer", required=True, help="tokenizer checkpoint (minieq.train_tokenizer)")
-    parser.add_argument("--generator", required=True, help="generator checkpoint (minieq.train_generator)")
+def main(argv: list[str] | None = None) -> int:
+    """CLI (see ``--help``); writes the PNG and returns 0."""
+    parser = parser_for("sample", __doc__)
+    parser.add_argument("--tokenizer", required=True,
+                        help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt)")
+    parser.add_argument("--generator", required=True,
+                        help="generator checkpoint (train_generator's OUT/generator.pt)")
     parser.add_argument("--classes", type=int, nargs="+", required=True, help="one image per class id")
-    parser.add_argument("--per_class", type=int, default=1, help="images per class")
-    parser.add_argument("--width", type=int, default=None, help="pixels; default 16 tokens")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale")
-    parser.add_argument("--cfg_schedule", default="linear", choices=["linear", "constant"])
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--per_class", type=int, default=1, help="images per class (default: 1)")
+    parser.add_argument("--width", type=int, default=None,
+                        help="pixels (default: the generator's training width, 16 tokens)")
+    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    parser.add_argument("--cfg_schedule", default="linear", choices=["linear", "constant"],
+                        help="guidance over the tokens (default: linear)")
+    parser.add_argument("--temperature", type=float, default=1.0, help="flow-noise temperature (default: 1)")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the draw (default: random)")
     parser.add_argument("--grid", action="store_true", help="a square-ish grid instead of one image per row")
     parser.add_argument("--no_cache", action="store_true", help="full recompute instead of the KV cache")
-    parser.add_argument("--device", default=None, help="default: cuda, then mps, then cpu")
-    parser.add_argument("--out", default="samples.png")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: CUDA, then MPS, then CPU)")
+    parser.add_argument("--out", default="samples.png", help="PNG to write (default: samples.png)")
     args = parser.parse_args(argv)
-    for flag in ("tokenizer", "generator"):
-        if not Path(getattr(args, flag)).is_file():
-            parser.error(f"--{flag} {getattr(args, flag)}: no such checkpoint file")
     if args.per_class < 1:
         parser.error("--per_class must be at least 1")
-
-    try:
+    with user_errors(parser):
         pipe = Pipeline.from_checkpoints(args.tokenizer, args.generator, device=pick_device(args.device))
-    except CheckpointError as err:
-        parser.error(str(err))
-    labels = torch.tensor(args.classes).repeat_interleave(args.per_class)  # (B,)
-    try:
+        labels = torch.tensor(args.classes).repeat_interleave(args.per_class)  # (B,)
         images = pipe.generate(labels, width=args.width, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
                                temperature=args.temperature, seed=args.seed, progress=True,
                                use_cache=not args.no_cache)
-    except ValueError as err:
-        parser.error(str(err))
     nrow = math.ceil(math.sqrt(len(images))) if args.grid else 1
     path = save_image_grid(args.out, images, nrow=nrow)
     print(f"wrote {len(images)} image(s) of {images.shape[-2]}×{images.shape[-1]} px to {path}")
-    return path
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -74,6 +74,12 @@ class TokenizerConfig(ConfigBase):
         "course_gpu": dict(image_height=128, ch=64, ch_mult=[1, 1, 2, 4], z_channels=64,
                            embed_dim=64, len_down_scale=3, semantic_ch=32),
     }
+    # The size of the official parity fixture (python -m minieq.bench_decode): the paper's shape
+    # (256 px high, 16 px columns), about 30x fewer channels. Fits a laptop CPU.
+    PRESETS["golden"] = {**PRESETS["tiny"], **dict(
+        image_height=256, ch=32, ch_mult=[1, 1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[16],
+        z_channels=8, embed_dim=8, len_down_scale=4, num_groups=32, semantic_ch=32,
+        semantic_ch_mult=[2, 3], semantic_num_res_blocks=1, semantic_out_channels=96)}
 
     @property
     def num_downsamples(self) -> int:

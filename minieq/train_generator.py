@@ -2,12 +2,12 @@
 
 One process (CPU, one GPU, a notebook)::
 
-    python -m minieq.train_generator --preset tiny --latents runs/course/latents.pt --out runs/gen
+    python -m minieq.train_generator --preset fast --latents runs/course/latents.pt --out runs/gen
 
 One node with 8 GPUs (global batch 2048 = 8 ranks × 256; bf16 autocast on CUDA)::
 
     torchrun --standalone --nproc_per_node 8 -m minieq.train_generator --preset paper \\
-        --model L --latents /data/places30_latents.pt --tokenizer runs/tok/tokenizer.pt --out runs/gen_L
+        --model L --latents /data/places30_latents.pt --tokenizer runs/tok/checkpoint.pt --out runs/gen_L
 
 Several nodes (the same line on every node, NODE_RANK = 0 .. NNODES-1, MASTER = node 0's host)::
 
@@ -16,8 +16,10 @@ Several nodes (the same line on every node, NODE_RANK = 0 .. NNODES-1, MASTER = 
         --latents /data/places30_latents.pt --out /shared/runs/gen_L
 
 Without cached latents the tokenizer encodes every batch on the fly, as the official script does
-(``--tokenizer runs/tok/tokenizer.pt --data places30 --data_path /data/places30``).
-Re-running the same command resumes exactly from ``<out>/generator.pt``.
+(``--tokenizer runs/tok/checkpoint.pt --data places30 --data_path /data/places30``).
+Rerunning a command resumes exactly from ``<out>/generator.pt`` when it exists; ``--fresh``
+starts over at step 0 instead, ``--resume FILE`` continues from another checkpoint. The first
+line printed says which.
 
 Randomness is a pure function of (seed, step, rank), like the LR schedule: σ-VAE noise is drawn
 for the *global* batch and sliced by rank, so it does not depend on how the batch is split over
@@ -26,10 +28,9 @@ reseeded every step.
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import hashlib
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,15 +39,16 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from minieq import dist
-from minieq.checkpoint import load_checkpoint
+from minieq.cli import trainer_parser, user_errors
 from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
 from minieq.ema import EMA
-from minieq.generator import Generator, GeneratorConfig
+from minieq.generator import FAST_SIZES, Generator, GeneratorConfig
 from minieq.logger import JsonlLogger, progress
+from minieq.generator_data import TrainingData, global_sigma_noise, step_seed
 from minieq.pipeline import Pipeline, compute_latent_scale
-from minieq.tokenizer import sigma_vae_sample
-from minieq.training import TrainState, batches_from, check_finite, warmup_constant, warmup_cosine
-from minieq.utils import autocast, seed_everything
+from minieq.training import (TrainState, announce_start, batches_from, check_finite, resume_source,
+                             warmup_constant, warmup_cosine)
+from minieq.utils import autocast, pick_device, seed_everything
 from minieq.viz import save_image_grid
 
 # The flow-matching head: the official code exempts every parameter whose name contains
@@ -92,16 +94,50 @@ class GeneratorTrainConfig(ConfigBase):
     resume: bool = True
     model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
 
+    HELP = {
+        "model": "GeneratorConfig preset: tiny, fast, course_gpu, S, B, L, H",
+        "latents": "cached latent file (python -m minieq.cache_latents)",
+        "tokenizer": "tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt): encodes on the "
+                     "fly without --latents, and decodes the sample grids",
+        "data": "without --latents: synthscapes, imagenet, places30 or lhq",
+        "data_path": "root folder of a real data set",
+        "synth_images": "SynthScapes images when encoding on the fly",
+        "num_classes": "number of classes (default: from the data)",
+        "global_batch": "batch summed over ranks",
+        "epochs": "training length in epochs (--steps overrides it)",
+        "max_steps": "training steps, overrides --epochs (raising it extends a resumed run)",
+        "warmup_epochs": "linear LR warmup, in epochs",
+        "lr_schedule": "constant (paper) or cosine",
+        "min_lr_ratio": "cosine floor as a fraction of the peak LR",
+        "blr": "base LR: LR = blr x global_batch / 256",
+        "lr": "absolute LR, overrides --blr",
+        "weight_decay": "AdamW weight decay",
+        "betas": "AdamW betas",
+        "grad_clip": "gradient-norm clip",
+        "ema_decay": "EMA decay of the weights that sampling uses",
+        "label_drop": "class-label dropout for classifier-free guidance",
+        "diffusion_batch_mul": "flow-loss draws per token and step",
+        "grad_checkpointing": "recompute activations in the backward pass (less memory)",
+        "noise_std": "sigma-VAE noise bound (default: the tokenizer's, 2.5)",
+        "latent_scale": "token scale (default: computed from the data)",
+        "bf16": "bf16 autocast on CUDA (ignored on CPU)",
+        "seed": "seed of data order, noise and initialisation",
+        "num_workers": "DataLoader worker processes",
+        "log_every": "metrics.jsonl row every this many steps",
+        "save_every": "save OUT/generator.pt every this many steps (the resume points)",
+        "sample_every": "sample-grid PNG every this many steps (0 = only at the end; needs --tokenizer)",
+    }
+
     PRESETS = {
         # Table 8 / reference-spec §3.10 (the field defaults): the Large model, 1200 epochs at
         # global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100 warmup epochs, then constant.
         "paper": dict(sample_every=10000),
-        # CPU, minutes: a ~0.5M-parameter model (4 blocks of width 64: each token sees up to 12
-        # tokens back, reference-spec §3.4), a short EMA and a high LR for a few hundred steps.
+        # CPU, minutes: the FAST model (GeneratorConfig "fast": 4 blocks of width 64, each token
+        # sees up to 12 tokens back, reference-spec §3.4), a short EMA and a high LR for a few
+        # hundred steps. Stored as "tiny" + overrides, the form existing course runs recorded.
         "tiny": dict(model="tiny", global_batch=32, max_steps=400, warmup_epochs=0.1, blr=8e-3,
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
-                     save_every=100, model_overrides=dict(embed_dim=64, depth=4, num_heads=2,
-                                                          head_width=128, head_depth=2)),
+                     save_every=100, model_overrides=dict(FAST_SIZES)),
         # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M params),
         # 8 epochs of the course latents, ~1.4 CPU-hours (0.63 s/step measured on one thread).
         "course": dict(model="tiny", global_batch=32, max_steps=8000, warmup_epochs=0.25, blr=4e-3,
@@ -114,6 +150,8 @@ class GeneratorTrainConfig(ConfigBase):
                            max_steps=50_000, warmup_epochs=10.0, ema_decay=0.9995, num_workers=4,
                            log_every=50, save_every=2500, sample_every=5000),
     }
+    # The course's FAST generator (notebook 05, `make demo`, minieq.course in FAST mode): "tiny".
+    PRESETS["fast"] = dict(PRESETS["tiny"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -131,12 +169,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def step_seed(*parts) -> int:
-    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
 class _LossModule(nn.Module):
     """Wraps ``Generator.loss`` as ``forward`` so DistributedDataParallel sees (and syncs) the call."""
 
@@ -146,73 +178,6 @@ class _LossModule(nn.Module):
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.generator.loss(tokens, labels, per_position=True)  # (N,)
-
-
-class _Data:
-    """Posterior means + labels per batch, from a latent file or a tokenizer on the fly."""
-
-    def __init__(self, cfg: GeneratorTrainConfig, device: torch.device):
-        from minieq import data as mdata
-
-        self.device = device
-        self.tokenizer = None
-        if cfg.tokenizer is not None:
-            self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device).requires_grad_(False)
-        if cfg.latents is not None:
-            self.dataset = mdata.LatentDataset(cfg.latents)
-        elif self.tokenizer is not None:
-            self.dataset = _image_dataset(cfg, self.tokenizer.config)
-        else:
-            raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
-        self.num_classes = cfg.num_classes or _num_classes(self.dataset)
-        stored = getattr(self.dataset, "meta", {}).get("noise_std")  # written by cache_latents
-        if self.tokenizer is not None:
-            stored = self.tokenizer.config.noise_std
-        self.noise_std = cfg.noise_std or stored or 2.5
-
-    @torch.no_grad()
-    def means(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
-        x, labels = batch[0].to(self.device), batch[1].to(self.device)
-        if x.dim() == 4:  # images (B, 3, H, W): encode in fp32, as the official script does
-            x = self.tokenizer.encode(x)  # (B, N, C)
-        return x.float(), labels.long()
-
-    def scale_sample(self, batch_size: int, batches: int = 8) -> torch.Tensor:
-        """Posterior means for :func:`compute_latent_scale` (a few batches when encoding on the fly)."""
-        if self.tokenizer is None or hasattr(self.dataset, "latents"):
-            return self.dataset
-        it = batches_from(self.dataset, batch_size, seed=1)
-        return torch.cat([self.means(next(it)[1])[0].cpu() for _ in range(batches)])  # (M, N, C)
-
-
-def _image_dataset(cfg: GeneratorTrainConfig, tok_cfg):
-    """The images to encode on the fly: 16 tokens wide (the paper's 256 × 256 at paper size)."""
-    from minieq.data import build_dataset
-
-    return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
-                         width=16 * tok_cfg.column_width, num_images=cfg.synth_images, seed=cfg.seed)
-
-
-def _num_classes(dataset) -> int:
-    """From the data set's class list, the latent file's metadata, or the largest label."""
-    meta = getattr(dataset, "meta", {})
-    for value in (getattr(dataset, "classes", None), meta.get("num_classes"), meta.get("classes")):
-        if value is not None:
-            return value if isinstance(value, int) else len(value)
-    return int(torch.as_tensor(dataset.labels).max()) + 1
-
-
-def global_sigma_noise(means: torch.Tensor, seed: int, step: int, noise_std: float) -> torch.Tensor:
-    """σ-VAE noise for this rank's rows of the global batch (B_global = world × B, interleaved).
-
-    ``ResumableSampler`` gives rank r the rows r, r + world, ... of each global batch, so drawing
-    the whole global batch and slicing [r::world] makes every sample's noise independent of the
-    number of GPUs.
-    """
-    world, rank = dist.world_size(), dist.rank()
-    g = torch.Generator(device=means.device).manual_seed(step_seed(seed, "vae", step))
-    zeros = means.new_zeros(world * means.shape[0], *means.shape[1:])  # (world·B, N, C)
-    return sigma_vae_sample(zeros, std=noise_std, generator=g)[rank::world]  # (B, N, C)
 
 
 def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -245,37 +210,40 @@ def save_samples(generator: Generator, ema: EMA, tokenizer, latent_scale: float,
     save_image_grid(path, images, nrow=1)
 
 
-def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -> Path:
+def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
+          resume: str | None = None) -> Path:
     """Train (or resume) a generator; returns the checkpoint path ``<out>/generator.pt``.
 
-    ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank under torchrun).
+    Continues from ``resume`` if given, else from ``<out>/generator.pt`` if it exists and
+    ``cfg.resume`` is true (:func:`minieq.training.resume_source`; ``cfg.resume=False`` is
+    ``--fresh``). ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank
+    under torchrun).
     """
     auto_device = dist.init_distributed()  # joins the process group under torchrun
-    device = torch.device(device) if device is not None else auto_device
+    device = pick_device(device) if device is not None else auto_device
     world, rank = dist.world_size(), dist.rank()
     if cfg.global_batch % world:
         raise ValueError(f"global_batch {cfg.global_batch} is not divisible by {world} ranks")
     local_batch = cfg.global_batch // world
     out = Path(cfg.out)
     ckpt_path = out / "generator.pt"
+    resume = resume_source(ckpt_path, resume, fresh=not cfg.resume)
     seed_everything(cfg.seed)
 
-    data = _Data(cfg, device)
+    data = TrainingData(cfg, device)
     steps_per_epoch = len(data.dataset) // cfg.global_batch
     if steps_per_epoch == 0:
         raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.global_batch}")
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
-    token_dim = data.dataset[0][0].shape[-1] if data.tokenizer is None else data.tokenizer.config.embed_dim
+    train_tokens, token_dim = data.token_shape()
 
     generator = build_generator(cfg, data.num_classes, token_dim).to(device)
     optimizer = torch.optim.AdamW(param_groups(generator, cfg.weight_decay), lr=0.0,
                                   betas=tuple(cfg.betas))
     ema = EMA(generator, cfg.ema_decay)
     state = TrainState(generator, {"generator": optimizer}, ema=ema)
-    if cfg.resume and ckpt_path.is_file():
-        latent_scale = float(state.resume(ckpt_path)["latent_scale"])
-        if dist.is_main():
-            print(f"resumed {ckpt_path} at step {state.step}")
+    if resume:
+        latent_scale = float(state.resume(resume)["latent_scale"])
     else:
         latent_scale = cfg.latent_scale or compute_latent_scale(
             data.scale_sample(local_batch), noise_std=data.noise_std, seed=cfg.seed)
@@ -286,7 +254,9 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -
         # Label dropout may leave the null-class embedding unused on a rank in some step.
         model = DistributedDataParallel(model, find_unused_parameters=True)
 
-    logger = JsonlLogger(out / "metrics.jsonl")
+    announce_start("generator", resume, state.step, ckpt_path)
+    # Rows are logged by steps done (step k+1 after update k): those past the resume point go.
+    logger = JsonlLogger(out / "metrics.jsonl", drop_from=state.step + 1)
     if dist.is_main():
         print(f"generator: {sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M parameters, "
               f"{world} rank(s) × batch {local_batch}, {total_steps} steps "
@@ -325,7 +295,8 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -
             logger.log(state.step, loss=per_position.mean(), lr=lr, grad_norm=grad_norm,
                        per_position=per_position, epoch=state.step / steps_per_epoch)
         if state.step % cfg.save_every == 0 or state.step == total_steps:
-            state.save(ckpt_path, latent_scale=latent_scale, train_config=cfg.to_dict())
+            state.save(ckpt_path, latent_scale=latent_scale, train_tokens=train_tokens,
+                       train_config=cfg.to_dict())
         last = state.step == total_steps
         if data.tokenizer is not None and dist.is_main() and (
                 last or (cfg.sample_every and state.step % cfg.sample_every == 0)):
@@ -333,23 +304,46 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None) -
                          out / "samples" / f"step{state.step:07d}.png")
     bar.close()
     if not ckpt_path.is_file():
-        state.save(ckpt_path, latent_scale=latent_scale, train_config=cfg.to_dict())
+        state.save(ckpt_path, latent_scale=latent_scale, train_tokens=train_tokens,
+                       train_config=cfg.to_dict())
     return ckpt_path
 
 
-def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=sorted(GeneratorTrainConfig.PRESETS))
-    parser.add_argument("--device", default=None, help="cpu, cuda, mps (default: the best available)")
-    add_dataclass_args(parser, GeneratorTrainConfig)
+DEFAULT_PRESET = "fast"
+# CPU times ("here"): the per-step time measured on one niced thread of a busy 2-core machine
+# (another training run beside it), times the preset's steps; GPU presets: FLOP estimates.
+PRESET_HELP = {
+    "fast": "the course's FAST generator (notebook 05, make demo; same as tiny): 0.53 M params, "
+            "400 steps x 32 latents, ~3 min here (0.41 s/step measured)",
+    "tiny": "the same as fast",
+    "course": "the pretrained course generator shipped with minieq (minieq.pretrained): 2.4 M "
+              "params, 8000 steps x 32, ~2 h here (0.97 s/step measured)",
+    "course_gpu": "the course's full mode: 48.5 M params, ~0.9 A100-hours (estimate)",
+    "paper": "the paper's Table 8 (Large, 1200 epochs at batch 2048, GPUs)",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: ``--preset`` + ``--out`` + one flag per config field (see ``--help``); returns 0."""
+    parser, shown, preset = trainer_parser("train_generator", __doc__, GeneratorTrainConfig, PRESET_HELP,
+                                           DEFAULT_PRESET, "generator.pt", argv)
+    group = parser.add_argument_group(f"training (defaults of preset {preset!r})")
+    # out and resume have their own flags above (a folder; a checkpoint path and --fresh).
+    run_fields = ("out", "resume")
+    add_dataclass_args(group, GeneratorTrainConfig, shown=shown, flags={"max_steps": "steps"},
+                       skip=run_fields)
     args = parser.parse_args(argv)
-    cfg = GeneratorTrainConfig.preset(args.preset, **overrides_from_args(args, GeneratorTrainConfig))
-    try:
-        return train(cfg, device=args.device)
-    finally:
-        dist.cleanup()
+    with user_errors(parser):
+        overrides = overrides_from_args(args, GeneratorTrainConfig, skip=run_fields)
+        cfg = GeneratorTrainConfig.preset(args.preset, **overrides, out=args.out, resume=not args.fresh)
+        try:
+            path = train(cfg, device=args.device, resume=args.resume)
+        finally:
+            dist.cleanup()
+    if dist.is_main():
+        print(f"saved {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

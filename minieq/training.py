@@ -4,6 +4,8 @@
   and can start mid-epoch, so a resumed run replays exactly the batches a straight run sees.
 - :class:`TrainState` bundles what a checkpoint must hold for an exact resume: optimizers,
   LR schedulers, EMA, step and every RNG state.
+- :func:`resume_source` is the rerun rule of both trainers: continue from ``--resume``, else
+  from the run folder's own checkpoint; start at step 0 only without one or with ``fresh``.
 - :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
 - LR schedules are pure functions of the step, so they need no state of their own (unlike the
   official tokenizer's stateful scheduler, which resumes at LR 0: reference-spec §7).
@@ -36,6 +38,35 @@ def check_finite(losses: dict[str, torch.Tensor], step: int, checkpoint: str | o
         raise NonFiniteLossError(
             f"non-finite loss at step {step}: {bad}. Training stopped{where}. "
             "Try a lower learning rate, fp32 (no autocast), or a smaller gradient-clip value.")
+
+
+def resume_source(own: str | os.PathLike, resume: str | os.PathLike | None = None,
+                  fresh: bool = False) -> str | None:
+    """The checkpoint a run continues from, or None to start at step 0.
+
+    :param own: the run folder's checkpoint (``<out>/checkpoint.pt`` or ``<out>/generator.pt``).
+    :param resume: an explicit checkpoint to continue from (e.g. a copy of another run).
+    :param fresh: start at step 0 even if ``own`` exists (it is overwritten at the first save).
+    """
+    if resume is not None:
+        if fresh:
+            raise ValueError("--resume and --fresh exclude each other")
+        if not os.path.isfile(resume):
+            raise CheckpointError(f"{resume}: no such checkpoint file to resume from")
+        return str(resume)
+    return None if fresh or not os.path.isfile(own) else str(own)
+
+
+def announce_start(name: str, source: str | None, step: int, own: str | os.PathLike) -> None:
+    """One line (main rank) saying whether the run resumed, from which file and step, or starts anew."""
+    if not dist.is_main():
+        return
+    if source is not None:
+        print(f"{name}: resuming from {source} at step {step}", flush=True)
+    elif os.path.isfile(own):
+        print(f"{name}: fresh start at step 0 (--fresh); {own} will be overwritten", flush=True)
+    else:
+        print(f"{name}: new run at step 0, saving to {own}", flush=True)
 
 
 class ResumableSampler(Sampler[int]):
@@ -139,7 +170,7 @@ class TrainState:
 
         ``extra_modules`` (e.g. a discriminator) are restored from entries of the same name.
         """
-        ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path, expect=type(self.model).__name__)
         if "train_state" not in ckpt:
             raise CheckpointError(f"{path}: holds no training state (was it saved for inference only?)")
         load_state_strict(self.model, ckpt["state_dict"], where=str(path))

@@ -17,12 +17,28 @@ def pick_device(prefer: str | None = None) -> torch.device:
     """
     prefer = prefer or os.environ.get("MINIEQ_DEVICE")
     if prefer:
-        return torch.device(prefer)
+        return _checked_device(prefer)
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def _checked_device(name: str | torch.device) -> torch.device:
+    """``torch.device(name)``, refusing a device this machine lacks with one clear ValueError
+    (torch itself fails only at the first tensor moved there, deep inside a traceback)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {name!r}: use cpu, cuda, cuda:N or mps") from err
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested, but PyTorch sees no CUDA GPU here; use cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"device {name!r} requested, but only {torch.cuda.device_count()} CUDA GPU(s) exist")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError(f"device {name!r} requested, but Apple MPS is not available here; use cpu")
+    return device
 
 
 def autocast(device: torch.device | str, enabled: bool = True):

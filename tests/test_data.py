@@ -1,4 +1,5 @@
 """Data pipeline: SynthScapes properties, real image-folder loaders, latent files, size checks."""
+import importlib
 import runpy
 import warnings
 from pathlib import Path
@@ -192,6 +193,19 @@ def _script(name: str, monkeypatch):
     return runpy.run_path(str(REPO / "data_scripts" / f"{name}.py"), run_name="test")["main"]
 
 
+def test_prepare_names_every_missing_class_folder_in_one_line(tmp_path, capsys, monkeypatch):
+    for split in ("train", "val"):
+        (tmp_path / split / places30_classes()[0]).mkdir(parents=True)
+    main = _script("prepare_places30", monkeypatch)
+    run_prepare = importlib.import_module("prepare_common").run_prepare
+    with pytest.raises(SystemExit) as exit_:
+        run_prepare(lambda: main(["--root", str(tmp_path)]))
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    n = len(places30_classes())
+    assert f"{n - 1} of {n} class folders are missing" in err and places30_classes()[-1] in err
+
+
 def test_prepare_imagenet_writes_index(fake_imagefolder, capsys, monkeypatch):
     _script("prepare_imagenet", monkeypatch)(["--root", str(fake_imagefolder), "--verify"])
     assert "dropped 2 unreadable" in capsys.readouterr().out
@@ -265,6 +279,9 @@ def test_check_image_size():
         check_image_size(torch.zeros(2, 3, 32, 100), 32, 8)
     with pytest.raises(ValueError, match="multiple"):
         check_image_size(torch.zeros(2, 3, 32, 0), 32, 8)
+    check_image_size(torch.zeros(2, 3, 32, 16), 32, 8)  # two columns: the tokenizer's minimum
+    with pytest.raises(ValueError, match="at least 16"):
+        check_image_size(torch.zeros(2, 3, 32, 8), 32, 8)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         check_image_size(torch.zeros(3, 32, 128), 32, 8)
 

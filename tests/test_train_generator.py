@@ -86,9 +86,9 @@ def test_images_encoded_on_the_fly_and_sample_grids(tmp_path):
 def test_cli_flags_override_the_preset(tmp_path, latents):
     from minieq.train_generator import main
 
-    path = main(["--preset", "tiny", "--latents", str(latents), "--out", str(tmp_path / "run"),
-                 "--global_batch", "8", "--max_steps", "1", "--label_drop", "0.2", "--betas", "0.8", "0.9"])
-    ckpt = read_checkpoint(path)
+    assert main(["--preset", "tiny", "--latents", str(latents), "--out", str(tmp_path / "run"),
+                 "--global_batch", "8", "--steps", "1", "--label_drop", "0.2", "--betas", "0.8", "0.9"]) == 0
+    ckpt = read_checkpoint(tmp_path / "run" / "generator.pt")
     assert ckpt["train_config"]["betas"] == [0.8, 0.9] and ckpt["config"]["label_drop"] == 0.2
     assert ckpt["train_state"]["step"] == 1
 

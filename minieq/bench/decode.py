@@ -30,22 +30,7 @@ import torch
 
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 
-# "golden" = the size of the official parity fixture: the paper's shape (256 px high, 16 px
-# columns), about 30× fewer channels. Fits a laptop CPU for a few hundred tokens.
-PRESETS = {
-    "tiny": {},
-    "golden": dict(image_height=256, ch=32, ch_mult=[1, 1, 2, 2, 2], num_res_blocks=1,
-                   attn_resolutions=[16], z_channels=8, embed_dim=8, len_down_scale=4,
-                   num_groups=32, semantic_ch=32, semantic_ch_mult=[2, 3],
-                   semantic_num_res_blocks=1, semantic_out_channels=96),
-    "paper": None,
-}
-
-
-def build_config(preset: str) -> TokenizerConfig:
-    if preset == "paper":
-        return TokenizerConfig.preset("paper")
-    return TokenizerConfig.preset("tiny", **PRESETS[preset])
+PRESETS = ("tiny", "golden", "paper")  # TokenizerConfig presets; golden: the parity fixture's size
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -71,7 +56,7 @@ def _measure(preset: str, n_tokens: int, mode: str, tile: int, overlap: int, dev
     """Child process: build the model, decode once, report seconds and peak extra MB."""
     torch.manual_seed(0)
     dev = torch.device(device)
-    model = ColumnTokenizer(build_config(preset)).to(dev).eval()
+    model = ColumnTokenizer(TokenizerConfig.preset(preset)).to(dev).eval()
     z = torch.randn(1, n_tokens, model.config.embed_dim, device=dev)
 
     def run(tokens):
@@ -120,18 +105,18 @@ def measure(preset: str, n_tokens: int, mode: str, tile: int, overlap: int, devi
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+    parser.add_argument("--preset", choices=PRESETS, default=None,
                         help="tokenizer size (default: paper on CUDA, tiny on CPU)")
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--tile", type=int, default=32)
     parser.add_argument("--overlap", type=int, default=16)
-    parser.add_argument("--max-full-tokens", type=int, default=None,
+    parser.add_argument("--max_full_tokens", "--max-full-tokens", type=int, default=None,
                         help="skip the full decode above this many tokens (it may not fit)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     preset = args.preset or ("paper" if device.startswith("cuda") else "tiny")
-    cfg = build_config(preset)
+    cfg = TokenizerConfig.preset(preset)
     print(f"preset {preset}: {cfg.image_height} px high, {cfg.column_width} px per token; "
           f"device {device}; window = tile {args.tile} + 2 × overlap {args.overlap} tokens")
     print(f"{'tokens':>7} {'mode':>6} {'seconds':>9} {'peak MB':>9} {'rel err':>9}")

@@ -20,27 +20,29 @@ from pathlib import Path
 import torch
 
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.pipeline import TRAIN_TOKENS
 from minieq.pretrained import pretrained_generator, pretrained_tokenizer  # noqa: F401 (public API)
-from minieq.train_tokenizer import TokenizerTrainConfig
+from minieq.train_tokenizer import HALF_WIDTH, TokenizerTrainConfig
 from minieq.train_tokenizer import train as train_tokenizer
 from minieq.utils import pick_device
 
-# FAST mode (CPU minutes): the "tiny" preset (32 px high, 8 px columns, 16 channels) at half its
-# width (ch 16 instead of 32): 4x fewer FLOPs, so a few hundred CPU steps fit in minutes.
+# FAST mode (CPU minutes): the "fast" TokenizerTrainConfig preset, the "tiny" tokenizer (32 px
+# high, 8 px columns, 16 channels) at half its width (ch 16 instead of 32): 4x fewer FLOPs, so
+# a few hundred CPU steps fit in minutes.
 # Measured (64 held-out images, posterior means; 500 steps, 162 s on 2 cores, deterministic, so
 # make demo and notebook 02 agree): PSNR 24.4 dB / SSIM 0.70, colours and horizon right, nearly
 # constant along x, below the row-mean baseline (26.8 dB) and the PCA column codec (29.1 dB)
 # (README, "Known limits"). What hours of CPU training give is the pretrained course tokenizer.
-COURSE_TOKENIZER = dict(ch=16, semantic_ch=16)
+COURSE_TOKENIZER = HALF_WIDTH
 
-# Each mode's run: (preset, overrides). Full mode is one GPU: the "course_gpu" presets, 128-px
-# SynthScapes with the paper's 16:1 columns, each ~1 A100-hour by a FLOP count (an estimate:
-# python -m minieq.estimate). Offline the tokenizer objective is L1 + KL on σ-VAE samples
-# (reduction "mean"): LPIPS, the DINO discriminator and the DINOv2 teacher need weight files.
+# Each mode's run: (preset, overrides); the recipes themselves are the trainers' presets, so
+# `python -m minieq.train_tokenizer --preset fast` trains exactly the FAST model. Full mode is
+# one GPU: the "course_gpu" presets, 128-px SynthScapes with the paper's 16:1 columns, each
+# ~1 A100-hour by a FLOP count (an estimate: python -m minieq.estimate). Offline the tokenizer
+# objective is L1 + KL on σ-VAE samples (reduction "mean"): LPIPS, the DINO discriminator and
+# the DINOv2 teacher need weight files.
 TOKENIZER_RECIPES = {
-    True: ("tiny", dict(tokenizer_overrides=COURSE_TOKENIZER, steps=500, batch_size=8, lr=1e-3,
-                        warmup=20, lr_decay_every=400, lr_decay=0.3, ema_decay=0.99,
-                        num_images=2048, log_every=10, image_every=100, ckpt_every=100)),
+    True: ("fast", {}),
     False: ("course_gpu", {}),
 }
 LATENT_IMAGES = {True: 2048, False: 32768}  # SynthScapes training images (×2 rows with flips)
@@ -59,7 +61,7 @@ def course_dir(fast: bool | None = None, root: str | os.PathLike = "runs/course"
 
 
 # Where a run's files live, not what it learns: left out when two recipes are compared.
-_LOCATION_FIELDS = {"out", "latents", "tokenizer", "data_path", "init", "num_workers"}
+_LOCATION_FIELDS = {"out", "latents", "tokenizer", "data_path", "init", "num_workers", "resume"}
 
 
 def _check_recipe(path: Path, expected: dict, fast: bool | None) -> None:
@@ -117,8 +119,7 @@ def tiny_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None =
     if retrain and work.exists():
         for old in [partial, work / "metrics.jsonl"]:
             old.unlink(missing_ok=True)
-    resume = str(partial) if partial.exists() else None
-    ckpt = train_tokenizer(cfg, work, resume=resume, device=device)
+    ckpt = train_tokenizer(cfg, work, device=device)  # resumes from work/checkpoint.pt if it exists
     tok = load_checkpoint(ckpt)  # EMA weights
     save_checkpoint(path, tok, train_config=cfg.to_dict())
     return tok.to(device).eval()
@@ -142,11 +143,11 @@ def tiny_latents(tokenizer, run_dir: str | os.PathLike | None = None, fast: bool
     return cache_latents(tokenizer, data, path, flips=True, batch_size=64)
 
 
-# The course generator. FAST: the "tiny" GeneratorTrainConfig preset (a 0.53M-parameter model
+# The course generator. FAST: the "fast" GeneratorTrainConfig preset (a 0.53M-parameter model
 # sized for a CPU), 400 steps of batch 32, measured 2 min 40 s on one shared CPU thread (final
 # loss ≈ 0.75; samples show each class's palette and horizon). Full: "course_gpu" (one GPU).
 GENERATOR_RECIPES = {
-    True: ("tiny", dict(max_steps=400)),
+    True: ("fast", {}),
     False: ("course_gpu", {}),
 }
 
@@ -182,6 +183,7 @@ def tiny_generator(tokenizer=None, latents_path: str | os.PathLike | None = None
                                tokenizer=str(tok_path) if tok_path.exists() else None)
         ckpt = read_checkpoint(train_generator(cfg, device=device))
         gen = load_checkpoint(work / "generator.pt")  # EMA weights
-        save_checkpoint(path, gen, latent_scale=ckpt["latent_scale"], train_config=cfg.to_dict())
+        save_checkpoint(path, gen, latent_scale=ckpt["latent_scale"], train_config=cfg.to_dict(),
+                        train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS))
     scale = float(read_checkpoint(path)["latent_scale"])
     return load_checkpoint(path, map_location=device), scale

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from minieq.pipeline import TRAIN_TOKENS
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.viz import panorama, save_image_grid
 
@@ -61,7 +62,8 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
 
     cfg = tokenizer.config
     device = next(tokenizer.parameters()).device
-    x = heldout_images(cfg.image_height, 16 * cfg.column_width, num_images, seed).to(device)  # (B, 3, H, W)
+    x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images,
+                       seed).to(device)  # (B, 3, H, W)
     tokens = tokenizer.encode(x)  # (B, N, C) posterior means
     recon = tokenizer.decode(tokens[:8]).clamp(-1, 1)
     Image.fromarray(reconstruction_grid(x[:8].cpu(), recon.cpu())).save(out_dir / f"reconstructions{tag}.png")
@@ -101,9 +103,9 @@ def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4,
 
     num_classes = pipe.generator.config.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, 16 columns)
+    samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, pipe.train_width)
     save_image_grid(out_dir / f"samples_by_class{tag}.png", samples.cpu(), nrow=per_class)
-    train_width = pipe.DEFAULT_TOKENS * pipe.column_width
+    train_width = pipe.train_width
     stats = {"cfg": cfg}
     for factor in long_factors:
         # 64×: mountains and forest; the two strips are sampled as one batch, token by token,
@@ -152,7 +154,7 @@ def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: 
     from minieq.synthscapes import render_synthscapes
 
     first = next(iter(tokenizers.values())).config
-    h, w = first.image_height, 16 * first.column_width
+    h, w = first.image_height, TRAIN_TOKENS * first.column_width
     labels = torch.arange(num_images) % len(SYNTHSCAPES_CLASSES)
     train = render_synthscapes(labels, h, w, seed=seed)  # (num_images, 3, H, W) training renders
     real = image_features(train)

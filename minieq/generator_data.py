@@ -1,0 +1,102 @@
+"""What the generator trainer feeds on: posterior means + labels, and their σ-VAE noise.
+
+:class:`TrainingData` reads a cached latent file or encodes images with a tokenizer on the fly
+(as the official script does); :func:`global_sigma_noise` draws the σ-VAE noise of a global
+batch so that it does not depend on the number of GPUs; :func:`step_seed` makes every step's
+randomness a pure function of (seed, step, rank).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import torch
+
+from minieq import dist
+from minieq.checkpoint import load_checkpoint
+from minieq.pipeline import TRAIN_TOKENS
+from minieq.tokenizer import sigma_vae_sample
+from minieq.training import batches_from
+
+
+def step_seed(*parts) -> int:
+    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class TrainingData:
+    """Posterior means + labels per batch, from a latent file or a tokenizer on the fly.
+
+    :param cfg: the run's ``GeneratorTrainConfig`` (latents, tokenizer, data, noise_std, ...).
+    """
+
+    def __init__(self, cfg, device: torch.device):
+        from minieq import data as mdata
+
+        self.device = device
+        self.tokenizer = None
+        if cfg.tokenizer is not None:
+            self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device,
+                                             expect="ColumnTokenizer").requires_grad_(False)
+        if cfg.latents is not None:
+            self.dataset = mdata.LatentDataset(cfg.latents)
+        elif self.tokenizer is not None:
+            self.dataset = image_dataset(cfg, self.tokenizer.config)
+        else:
+            raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
+        self.num_classes = cfg.num_classes or num_classes_of(self.dataset)
+        stored = getattr(self.dataset, "meta", {}).get("noise_std")  # written by cache_latents
+        if self.tokenizer is not None:
+            stored = self.tokenizer.config.noise_std
+        self.noise_std = cfg.noise_std or stored or 2.5
+
+    @torch.no_grad()
+    def means(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        x, labels = batch[0].to(self.device), batch[1].to(self.device)
+        if x.dim() == 4:  # images (B, 3, H, W): encode in fp32, as the official script does
+            x = self.tokenizer.encode(x)  # (B, N, C)
+        return x.float(), labels.long()
+
+    def token_shape(self) -> tuple[int, int]:
+        """(N, C) of one training sample: the training length and the token channels."""
+        with torch.random.fork_rng(devices=[]):  # a random crop here must not move the init's RNG
+            x, label = self.dataset[0]
+        return tuple(self.means((x[None], torch.as_tensor([label])))[0].shape[1:])
+
+    def scale_sample(self, batch_size: int, batches: int = 8) -> torch.Tensor:
+        """Posterior means for :func:`compute_latent_scale` (a few batches when encoding on the fly)."""
+        if self.tokenizer is None or hasattr(self.dataset, "latents"):
+            return self.dataset
+        it = batches_from(self.dataset, batch_size, seed=1)
+        return torch.cat([self.means(next(it)[1])[0].cpu() for _ in range(batches)])  # (M, N, C)
+
+
+def image_dataset(cfg, tok_cfg):
+    """The images to encode on the fly: TRAIN_TOKENS columns wide (256 × 256 at paper size)."""
+    from minieq.data import build_dataset
+
+    return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
+                         width=TRAIN_TOKENS * tok_cfg.column_width, num_images=cfg.synth_images,
+                         seed=cfg.seed)
+
+
+def num_classes_of(dataset) -> int:
+    """From the data set's class list, the latent file's metadata, or the largest label."""
+    meta = getattr(dataset, "meta", {})
+    for value in (getattr(dataset, "classes", None), meta.get("num_classes"), meta.get("classes")):
+        if value is not None:
+            return value if isinstance(value, int) else len(value)
+    return int(torch.as_tensor(dataset.labels).max()) + 1
+
+
+def global_sigma_noise(means: torch.Tensor, seed: int, step: int, noise_std: float) -> torch.Tensor:
+    """σ-VAE noise for this rank's rows of the global batch (B_global = world × B, interleaved).
+
+    ``ResumableSampler`` gives rank r the rows r, r + world, ... of each global batch, so drawing
+    the whole global batch and slicing [r::world] makes every sample's noise independent of the
+    number of GPUs.
+    """
+    world, rank = dist.world_size(), dist.rank()
+    g = torch.Generator(device=means.device).manual_seed(step_seed(seed, "vae", step))
+    zeros = means.new_zeros(world * means.shape[0], *means.shape[1:])  # (world·B, N, C)
+    return sigma_vae_sample(zeros, std=noise_std, generator=g)[rank::world]  # (B, N, C)
