@@ -289,7 +289,7 @@ def test_check_image_size():
 def test_data_demo_writes_the_pictures(tmp_path, capsys):
     from minieq.course.demo import main
 
-    main(["--out", str(tmp_path), "--data-only"])
+    main(["--out", str(tmp_path), "--data_only"])
     out = capsys.readouterr().out
     grid, strip = tmp_path / "synthscapes_classes.png", tmp_path / "synthscapes_strip_32x1024.png"
     assert str(grid) in out and str(strip) in out

@@ -34,7 +34,7 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
     from minieq.course.demo import main
 
     out = tmp_path / "demo"
-    summary = main(["--out", str(out), "--fd-images", "16"])
+    summary = main(["--out", str(out), "--fd_images", "16"])
     assert set(summary["models"]) == {"pretrained", "scratch"}
     assert "7 steps" in summary["models"]["pretrained"]["label"]
     assert summary["models"]["pretrained"]["latent_scale"] == 0.5
@@ -59,7 +59,7 @@ def test_demo_without_pretrained_models_shows_the_scratch_ones(tmp_path, monkeyp
 
     from minieq.course.demo import main
 
-    summary = main(["--out", str(tmp_path / "demo"), "--fd-images", "16"])
+    summary = main(["--out", str(tmp_path / "demo"), "--fd_images", "16"])
     assert set(summary["models"]) == {"scratch"}
     assert "not available" in capsys.readouterr().out
     assert (tmp_path / "demo" / "long_64x_scratch_forest.png").is_file()

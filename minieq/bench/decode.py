@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, nargs="+", default=[64, 256, 1024])
     parser.add_argument("--tile", type=int, default=32)
     parser.add_argument("--overlap", type=int, default=16)
-    parser.add_argument("--max_full_tokens", "--max-full-tokens", type=int, default=None,
+    parser.add_argument("--max_full_tokens", type=int, default=None,
                         help="skip the full decode above this many tokens (it may not fit)")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)

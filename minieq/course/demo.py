@@ -214,8 +214,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--full", action="store_true", help="train the full-mode (GPU) recipes, not FAST")
-    parser.add_argument("--data-only", action="store_true", help="only render the SynthScapes pictures")
-    parser.add_argument("--fd-images", type=int, default=64,
+    parser.add_argument("--data_only", action="store_true", help="only render the SynthScapes pictures")
+    parser.add_argument("--fd_images", type=int, default=64,
                         help="images per set for the offline FD (compare values at equal sizes only)")
     args = parser.parse_args(argv)
     seed_everything(args.seed)
