@@ -310,14 +310,14 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
 
 
 DEFAULT_PRESET = "fast"
-# CPU times ("here"): the per-step time measured on one niced thread of a busy 2-core machine
-# (another training run beside it), times the preset's steps; GPU presets: FLOP estimates.
+# CPU times ("here"): measured on this project's 2-core CPU machine with nothing else running
+# (make demo's stage timer; the course run's own progress bar); GPU presets: FLOP estimates.
 PRESET_HELP = {
     "fast": "the course's FAST generator (notebook 05, make demo; same as tiny): 0.53 M params, "
-            "400 steps x 32 latents, ~3 min here (0.41 s/step measured)",
+            "400 steps x 32 latents, ~1 min on 2 CPU cores (60 s measured)",
     "tiny": "the same as fast",
     "course": "the pretrained course generator shipped with minieq (minieq.pretrained): 2.4 M "
-              "params, 8000 steps x 32, ~2 h here (0.97 s/step measured)",
+              "params, 8000 steps x 32, ~1.4 h on one CPU core (0.63 s/step measured)",
     "course_gpu": "the course's full mode: 48.5 M params, ~0.9 A100-hours (estimate)",
     "paper": "the paper's Table 8 (Large, 1200 epochs at batch 2048, GPUs)",
 }

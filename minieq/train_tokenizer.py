@@ -157,14 +157,15 @@ class TokenizerTrainConfig(ConfigBase):
 
 
 DEFAULT_PRESET = "fast"
-# CPU times ("here"): the per-step time measured on one niced thread of a busy 2-core machine
-# (another training run beside it), times the preset's steps; GPU presets: FLOP estimates.
+# CPU times ("here"): measured on this project's 2-core CPU machine with nothing else running
+# (make demo's stage timer; the course run's own progress bar); GPU presets: FLOP estimates.
 PRESET_HELP = {
     "fast": "the course's FAST tokenizer (notebook 02, make demo): 1.3 M params, 500 steps x 8 "
-            "images, ~10 min here (1.2 s/step measured; 162 s on 2 idle cores)",
-    "tiny": "ch 32 (5.1 M params), 1500 steps x 16 images, ~2 h here (4.9 s/step measured)",
+            "images, ~3 min on 2 CPU cores (162-220 s measured)",
+    "tiny": "ch 32 (5.1 M params), 1500 steps x 16 images, ~1.3 h on 2 CPU cores (estimate: 4x "
+            "the FLOPs of course's 0.78 s/step)",
     "course": "the pretrained course tokenizer shipped with minieq (minieq.pretrained): fast's "
-              "model, 16000 steps x 16 images, ~9 h here (2.0 s/step measured)",
+              "model, 16000 steps x 16 images, ~3.5 h on 2 CPU cores (0.78 s/step measured)",
     "course_gpu": "the course's full mode: 24.7 M params, 128 px, ~0.85 A100-hours (estimate)",
     "paper": "the paper's Table 6 (214 M params, ImageNet, 8 GPUs)",
 }
