@@ -139,7 +139,8 @@ class GeneratorTrainConfig(ConfigBase):
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
                      save_every=100, model_overrides=dict(FAST_SIZES)),
         # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M params),
-        # 8 epochs of the course latents, ~1.4 CPU-hours (0.63 s/step measured on one thread).
+        # 8 epochs of the course latents: the shipped run took 29 min on one thread (0.22 s/step;
+        # 0.63 s/step measured on a slower machine).
         "course": dict(model="tiny", global_batch=32, max_steps=8000, warmup_epochs=0.25, blr=4e-3,
                        ema_decay=0.999, diffusion_batch_mul=2, num_workers=0, log_every=50,
                        save_every=250, sample_every=2000),
@@ -317,7 +318,7 @@ PRESET_HELP = {
             "400 steps x 32 latents, ~1 min on 2 CPU cores (60 s measured)",
     "tiny": "the same as fast",
     "course": "the pretrained course generator shipped with minieq (minieq.pretrained): 2.4 M "
-              "params, 8000 steps x 32, ~1.4 h on one CPU core (0.63 s/step measured)",
+              "params, 8000 steps x 32, 0.5-1.4 h on one CPU core (0.22-0.63 s/step measured)",
     "course_gpu": "the course's full mode: 48.5 M params, ~0.9 A100-hours (estimate)",
     "paper": "the paper's Table 8 (Large, 1200 epochs at batch 2048, GPUs)",
 }
