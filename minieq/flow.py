@@ -195,9 +195,7 @@ class _GuidedVelocity:
         self.t.fill_(t)
         if not self.guided:
             return self.net.forward_embedded(z, self.net.time_embed(self.t), self.y_cond)
-        # Both halves integrate the same z (shared noise, as the official code).
-        M = z.shape[0]
-        self.x[:M], self.x[M:] = z, z
+        torch.cat([z, z], out=self.x)  # both halves integrate the same z (shared noise, as official)
         v_c, v_u = self.net.forward_embedded(self.x, self.net.time_embed(self.t), self.y_cond).chunk(2)
         return v_u + self.cfg * (v_c - v_u)
 

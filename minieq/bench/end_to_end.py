@@ -1,7 +1,7 @@
 """Benchmark: end-to-end sampling speed, transformer + flow head (issue 11).
 
     python -m minieq.bench.end_to_end                   # S preset, random weights, CPU, ~10 min
-    python -m minieq.bench.end_to_end --fast heun:8 --batch 2 --device cuda
+    python -m minieq.bench.end_to_end --fast heun:6 --batch 2 --device cuda
 
 Three ways to sample, timed in one run (cfg 3, linear schedule, as the course samples):
 (a) official: full recompute of the sequence for every token + Euler with 100 steps;
@@ -85,7 +85,7 @@ def _setting(text: str) -> tuple[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="S", choices=sorted(GeneratorConfig.PRESETS))
-    parser.add_argument("--fast", type=_setting, default=("heun", 8),
+    parser.add_argument("--fast", type=_setting, default=("midpoint", 5),
                         help="solver:steps of mode (c) (default: bench.solvers' pick on the course generator)")
     parser.add_argument("--batch", type=int, default=1, help="images sampled together")
     parser.add_argument("--strip", type=int, default=256, help="tokens of the long strip")
