@@ -34,7 +34,6 @@ SETTINGS = {
     "euler": (5, 10, 15, 25, 50, 100),
     "heun": (2, 3, 4, 5, 6, 8, 10, 15, 25),
     "midpoint": (2, 3, 4, 5, 6, 8, 10, 15, 25),
-    "ab2": (4, 5, 6, 8, 10, 12, 15, 20, 25, 50),
 }
 REFERENCE = ("heun", 1000)
 BUDGET = ("euler", 100)  # the official sampler the picked setting must match
