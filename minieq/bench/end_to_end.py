@@ -15,6 +15,8 @@ three: with the window cache a token's cost does not depend on its position (the
 cond_length + 1 keys, so it is pre-filled with the tokens just before the timed range, all it
 holds), and the official recompute runs all 256 positions for every token whatever its index;
 the head's cost is the same for every token. Weights are random: timing does not depend on them.
+On the CPU the clock is the process's CPU time (run with ``OMP_NUM_THREADS=1``), so time spent
+waiting for a shared core is not counted; on a GPU it is wall time after a synchronize.
 """
 from __future__ import annotations
 
@@ -38,6 +40,10 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def _clock(device: torch.device):
+    return time.process_time if device.type == "cpu" else time.perf_counter
+
+
 @torch.no_grad()
 def token_seconds(gen: Generator, batch: int, num_tokens: int, first: int, use_cache: bool,
                   solver: str, steps: int) -> tuple[float, float]:
@@ -45,13 +51,14 @@ def token_seconds(gen: Generator, batch: int, num_tokens: int, first: int, use_c
     stream in the state it has at ``first`` (what ``sampling_loop`` does per token), and the
     seconds of the once-per-sample setup (the cache's class-token pass)."""
     device = gen.fake_latent.device
+    clock = _clock(device)
     labels = torch.arange(batch, device=device) % gen.config.num_classes
     class_vec = torch.cat([gen.class_vectors(labels, batch), gen.class_vectors(None, batch)])  # (2B, D)
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     stream = gen.stream(class_vec, num_tokens, use_cache)
     _sync(device)
-    setup = time.perf_counter() - t0
+    setup = clock() - t0
     window = gen.config.window
     # Pre-fill: the cache keeps only the last window + 1 keys (everything for full causal).
     start = max(0, first - (window + 1)) if use_cache and window > 0 else 0
@@ -59,14 +66,14 @@ def token_seconds(gen: Generator, batch: int, num_tokens: int, first: int, use_c
     for k in range(start, first):
         stream.push(k, tokens[:, k].repeat(2, 1))
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = clock()
     for k in range(first, num_tokens):
         c, u = stream.row(k).chunk(2)  # (B, D) each
         z = gen.head.sample(c, u, cfg_scale(CFG, "linear", k, num_tokens), solver=solver, steps=steps)
         if k < num_tokens - 1:
             stream.push(k, z.repeat(2, 1))
     _sync(device)
-    return (time.perf_counter() - t0) / (num_tokens - first), setup
+    return (clock() - t0) / (num_tokens - first), setup
 
 
 def modes(fast: tuple[str, int]) -> dict[str, tuple[bool, str, int]]:
@@ -98,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
     cfg = gen.config
     print(f"preset {args.preset}: D {cfg.embed_dim}, {cfg.depth} blocks, head {cfg.head_depth}x{cfg.head_width}, "
           f"window {cfg.window}; batch {args.batch}, cfg {CFG:g} linear, device {device}, "
-          f"torch threads {torch.get_num_threads()}")
+          f"torch threads {torch.get_num_threads()}; clock: "
+          f"{'CPU time of this process' if device.type == 'cpu' else 'wall'}")
     token_seconds(gen, args.batch, 2, 0, True, "euler", 2)  # warm-up (kernels, RoPE table)
     rows = {}
     for name, (use_cache, solver, steps) in modes(args.fast).items():
