@@ -1,6 +1,6 @@
 """Benchmark: end-to-end sampling speed, transformer + flow head (issue 11).
 
-    python -m minieq.bench.end_to_end                   # S preset, random weights, CPU, ~10 min
+    python -m minieq.bench.end_to_end                   # S preset, random weights: ~3 CPU minutes
     python -m minieq.bench.end_to_end --fast heun:6 --batch 2 --device cuda
 
 Three ways to sample, timed in one run (cfg 3, linear schedule, as the course samples):
