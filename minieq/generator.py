@@ -268,7 +268,8 @@ class Generator(nn.Module):
     def sample(self, labels: torch.Tensor | None, num_tokens: int, cfg: float = 1.0,
                cfg_schedule: str = "linear", temperature: float = 1.0, noise: torch.Tensor | None = None,
                prefix: torch.Tensor | None = None, use_cache: bool = True, progress: bool = False,
-               generator: torch.Generator | None = None, batch_size: int | None = None) -> torch.Tensor:
+               generator: torch.Generator | None = None, batch_size: int | None = None,
+               solver: str = "euler", steps: int | None = None) -> torch.Tensor:
         """Sample (B, num_tokens, C) tokens left to right in the generator's latent space.
 
         :param labels: (B,) class ids, or None for unconditional samples (then give
@@ -283,6 +284,9 @@ class Generator(nn.Module):
         :param prefix: (B, P, C) given first tokens; the rest is sampled (continuation).
         :param use_cache: sliding-window KV cache (fast) or full recompute (official); same result.
         :param generator: torch.Generator for the noise when ``noise`` is None.
+        :param solver: the flow head's ODE solver, one of :data:`minieq.flow.SOLVERS`
+            (``"euler"`` = official; ``python -m minieq.bench.solvers`` measures the others).
+        :param steps: solver steps per token (None: ``config.num_sampling_steps``).
         """
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
@@ -297,7 +301,7 @@ class Generator(nn.Module):
             given[:, :prefix.shape[1]] = prefix
             keep[:, :prefix.shape[1]] = True
         return sampling_loop(self, labels, given, keep, cfg, cfg_schedule, temperature, noise,
-                             use_cache, progress, generator)
+                             use_cache, progress, generator, solver, steps)
 
     @torch.no_grad()
     def regenerate(self, tokens: torch.Tensor, labels: torch.Tensor | None, keep_mask: torch.Tensor,

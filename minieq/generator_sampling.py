@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from minieq.flow import check_solver
 from minieq.logger import progress as progress_bar
 from minieq.utils import eval_mode
 
@@ -98,15 +99,20 @@ def cfg_scale(cfg: float, schedule: str, k: int, num_tokens: int) -> float:
 
 def sampling_loop(gen: Generator, labels, given: torch.Tensor, keep: torch.Tensor, cfg: float = 1.0,
                   cfg_schedule: str = "linear", temperature: float = 1.0, noise=None,
-                  use_cache: bool = True, progress: bool = False, generator=None) -> torch.Tensor:
+                  use_cache: bool = True, progress: bool = False, generator=None,
+                  solver: str = "euler", steps: int | None = None) -> torch.Tensor:
     """The one sampling loop: tokens where ``keep`` (B, N) is True are copied from ``given``
-    (B, N, C) (prefix continuation, regeneration), the others are sampled left to right."""
+    (B, N, C) (prefix continuation, regeneration), the others are sampled left to right, each
+    by the flow head's ``solver`` with ``steps`` steps (None: the config's count)."""
     B, N, C = given.shape
     if noise is not None and noise.shape != (B, N, C):
         raise ValueError(f"noise must have shape {(B, N, C)}, got {tuple(noise.shape)}")
     if not cfg >= 0:
         raise ValueError(f"cfg must be >= 0 (1.0 = no guidance), got {cfg}")
     cfg_scale(cfg, cfg_schedule, 0, N)  # validates the schedule name
+    check_solver(solver)
+    if steps is not None and not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1 or None (the config's count), got {steps!r}")
     guided = cfg != 1.0 and labels is not None
     with eval_mode(gen):  # sampling is eval behaviour: no dropout, no position shift
         class_vec = gen.class_vectors(labels, B)  # (B, D)
@@ -120,7 +126,8 @@ def sampling_loop(gen: Generator, labels, given: torch.Tensor, keep: torch.Tenso
                 c, u = row.chunk(2) if guided else (row, None)
                 z = gen.head.sample(c, u, cfg_scale(cfg, cfg_schedule, k, N),
                                     noise=None if noise is None else noise[:, k],
-                                    temperature=temperature, generator=generator)  # (B, C)
+                                    temperature=temperature, generator=generator,
+                                    solver=solver, steps=steps)  # (B, C)
                 tokens[:, k] = torch.where(keep[:, k, None], tokens[:, k], z)
             if k < N - 1:
                 stream.push(k, tokens[:, k].repeat(2, 1) if guided else tokens[:, k])

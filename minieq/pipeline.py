@@ -154,27 +154,32 @@ class Pipeline:
     @torch.no_grad()
     def sample_tokens(self, labels, num_tokens: int, cfg: float = 1.0, cfg_schedule: str = "linear",
                       temperature: float = 1.0, seed: int | None = None, progress: bool = False,
-                      prefix: torch.Tensor | None = None, **sample_kwargs) -> torch.Tensor:
-        """Generator-space tokens (B, num_tokens, C); ``seed`` makes the draw reproducible."""
+                      prefix: torch.Tensor | None = None, solver: str = "euler", steps: int | None = None,
+                      **sample_kwargs) -> torch.Tensor:
+        """Generator-space tokens (B, num_tokens, C); ``seed`` makes the draw reproducible;
+        ``solver``/``steps``: the flow head's ODE solver (:meth:`Generator.sample`)."""
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         return self.generator.sample(self._labels(labels), num_tokens, cfg=cfg, cfg_schedule=cfg_schedule,
                                      temperature=temperature, prefix=prefix, progress=progress,
-                                     generator=generator, **sample_kwargs)
+                                     generator=generator, solver=solver, steps=steps, **sample_kwargs)
 
     def generate(self, labels: Sequence[int] | torch.Tensor | int, width: int | None = None,
                  cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-                 seed: int | None = None, progress: bool = False, **sample_kwargs) -> torch.Tensor:
+                 seed: int | None = None, progress: bool = False, solver: str = "euler",
+                 steps: int | None = None, **sample_kwargs) -> torch.Tensor:
         """Images (B, 3, H, width) in [-1, 1], one per label.
 
         ``width`` defaults to :attr:`train_width` (16 tokens in the paper) and may be any multiple of the
         column width: the generator's windowed attention makes every length the same task
-        (Sec. 3.3; the long images of Fig. 5).
+        (Sec. 3.3; the long images of Fig. 5). ``solver``/``steps`` pick the flow head's ODE
+        solver (default: the official Euler with the config's step count).
         """
         width = self.train_width if width is None else width
         tokens = self.sample_tokens(labels, self.num_tokens(width), cfg=cfg, cfg_schedule=cfg_schedule,
-                                    temperature=temperature, seed=seed, progress=progress, **sample_kwargs)
+                                    temperature=temperature, seed=seed, progress=progress,
+                                    solver=solver, steps=steps, **sample_kwargs)
         return self.decode(tokens)
 
     def continue_(self, images: torch.Tensor, labels, width: int, **kwargs) -> torch.Tensor:

@@ -1,7 +1,10 @@
-"""The flow-matching head: embedding, init, loss, Euler sampler, CFG, temperature."""
+"""The flow-matching head: embedding, init, loss, ODE solvers, CFG, temperature."""
+import math
+
+import pytest
 import torch
 
-from minieq.flow import FlowHead, timestep_embedding
+from minieq.flow import SOLVERS, FlowHead, head_calls, integrate, timestep_embedding
 
 
 def _head(seed=0, randomize=True):
@@ -70,3 +73,89 @@ def test_cfg_combines_velocities():
     one = head.sample(c, u, cfg=3.0, noise=noise, num_steps=1)
     v_c, v_u = head.velocity(noise, torch.ones(3), c), head.velocity(noise, torch.ones(3), u)
     assert torch.allclose(one, noise - (v_u + 3.0 * (v_c - v_u)), atol=1e-5)
+
+
+# ---- solvers (issue 11) ---------------------------------------------------------------------------
+
+def _official_euler(head, c, uncond, cfg, noise, steps):
+    """The sampler as it was before the solvers (and as the official code): one head.velocity
+    call per step on freshly concatenated guided/unguided rows."""
+    z = noise.clone()
+    for i in range(steps, 0, -1):
+        t = torch.full((z.shape[0],), i / steps)
+        if uncond is None:
+            v = head.velocity(z, t, c)
+        else:
+            v_c, v_u = head.velocity(torch.cat([z, z]), torch.cat([t, t]), torch.cat([c, uncond])).chunk(2)
+            v = v_u + cfg * (v_c - v_u)
+        z = z - v / steps
+    return z
+
+
+def test_default_sampler_is_the_official_euler_bit_for_bit():
+    head = _head()
+    c, u, noise = torch.randn(5, 16), torch.randn(5, 16), torch.randn(5, 6)
+    with torch.no_grad():
+        assert torch.equal(head.sample(c, noise=noise), _official_euler(head, c, None, 1.0, noise, 8))
+        assert torch.equal(head.sample(c, u, cfg=3.0, noise=noise), _official_euler(head, c, u, 3.0, noise, 8))
+        assert torch.equal(head.sample(c, u, cfg=3.0, noise=noise, solver="euler", steps=5),
+                           _official_euler(head, c, u, 3.0, noise, 5))
+
+
+@pytest.mark.parametrize("solver, order", [("euler", 1), ("heun", 2), ("midpoint", 2)])
+def test_solver_order_of_convergence_on_an_analytic_ode(solver, order):
+    """dz/dt = 2 cos(t) z has z(0) = z(1) exp(-2 sin 1): halving the step divides the error by 2^order."""
+    z1 = torch.tensor([[1.0, -0.5, 2.0]], dtype=torch.float64)
+    exact = z1 * math.exp(-2 * math.sin(1.0))
+    errors = [(integrate(lambda z, t: 2 * math.cos(t) * z, z1, solver, n) - exact).abs().max().item()
+              for n in (128, 256)]
+    assert errors[0] / errors[1] == pytest.approx(2 ** order, rel=0.1)
+    assert errors[1] < (1e-2 if order == 1 else 1e-5)
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+def test_cfg_is_the_same_velocity_combination_for_every_solver(solver):
+    head = _head()
+    c, u, noise = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 6)
+
+    def guided(z, t):  # v_u + s (v_c - v_u) from two separate head.velocity calls
+        tt = torch.full((z.shape[0],), t)
+        v_c, v_u = head.velocity(z, tt, c), head.velocity(z, tt, u)
+        return v_u + 3.0 * (v_c - v_u)
+
+    expected = integrate(guided, noise, solver, 4)
+    torch.testing.assert_close(head.sample(c, u, cfg=3.0, noise=noise, solver=solver, steps=4), expected)
+    # cfg 1 with the null rows is the conditional flow alone.
+    torch.testing.assert_close(head.sample(c, u, cfg=1.0, noise=noise, solver=solver, steps=4),
+                               head.sample(c, noise=noise, solver=solver, steps=4))
+
+
+@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("guided", [False, True])
+def test_head_calls_are_counted_per_token(solver, guided, monkeypatch):
+    head = _head()
+    rows = []
+    real = head.net.forward_embedded
+    monkeypatch.setattr(head.net, "forward_embedded", lambda x, *a: rows.append(x.shape[0]) or real(x, *a))
+    c, u = torch.randn(3, 16), torch.randn(3, 16)
+    head.sample(c, u if guided else None, cfg=2.0, solver=solver, steps=5)
+    # One call per evaluation: guidance doubles its rows, not the number of calls.
+    assert len(rows) == head_calls(solver, 5) == (5 if solver == "euler" else 10)
+    assert set(rows) == {6 if guided else 3}
+    rows.clear()
+    head.sample(c, solver=solver)  # steps=None: the config's num_sampling_steps (8)
+    assert len(rows) == head_calls(solver, 8)
+
+
+def test_steps_alias_and_bad_solver_arguments():
+    head = _head()
+    c, noise = torch.randn(3, 16), torch.randn(3, 6)
+    assert torch.equal(head.sample(c, noise=noise, num_steps=3), head.sample(c, noise=noise, steps=3))
+    with pytest.raises(ValueError, match="disagree"):
+        head.sample(c, noise=noise, num_steps=3, steps=4)
+    with pytest.raises(ValueError, match=r"unknown solver 'rk4'; choose one of \('euler', 'heun'"):
+        head.sample(c, noise=noise, solver="rk4")
+    with pytest.raises(ValueError, match="unknown solver"):
+        head_calls("rk4", 3)
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        head.sample(c, noise=noise, steps=0)

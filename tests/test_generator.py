@@ -192,6 +192,28 @@ def test_cached_sampling_equals_full_recompute(attention, cond_length, cfg, batc
     assert torch.allclose(cached, full, rtol=1e-4, atol=1e-5)
 
 
+
+@pytest.mark.parametrize("solver", ["heun", "midpoint"])
+def test_solver_and_steps_reach_the_head_with_and_without_cache(solver, monkeypatch):
+    gen = make()
+    labels, noise = torch.tensor([0, 3]), torch.randn(2, 6, C)
+    default = gen.sample(labels, 6, cfg=2.0, noise=noise)
+    # The default is the official Euler with the config's 3 steps.
+    assert torch.equal(default, gen.sample(labels, 6, cfg=2.0, noise=noise, solver="euler", steps=3))
+    calls = []
+    real = gen.head.sample
+    monkeypatch.setattr(gen.head, "sample",
+                        lambda *a, **kw: calls.append((kw["solver"], kw["steps"])) or real(*a, **kw))
+    cached = gen.sample(labels, 6, cfg=2.0, noise=noise, solver=solver, steps=4)
+    assert calls == [(solver, 4)] * 6  # one head solve per token
+    full = gen.sample(labels, 6, cfg=2.0, noise=noise, solver=solver, steps=4, use_cache=False)
+    assert torch.allclose(cached, full, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(cached, default, atol=1e-4)
+    with pytest.raises(ValueError, match="unknown solver 'rk4'; choose one of"):
+        gen.sample(labels, 6, solver="rk4")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1"):
+        gen.regenerate(default, labels, torch.ones(6, dtype=torch.bool), steps=0)
+
 def test_cache_state_is_bounded_for_the_window_and_grows_for_full_causal():
     sizes = {}
     for attention, cond in (("window", 2), ("full", 0)):

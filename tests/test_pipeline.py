@@ -56,6 +56,19 @@ def test_seed_makes_samples_reproducible(pipe):
     assert not torch.equal(a, pipe.generate([1, 2], width=32, seed=8))
 
 
+
+def test_generate_takes_the_solver_and_its_steps(pipe):
+    gen = Generator(GeneratorConfig.preset("tiny", **MICRO))
+    with torch.no_grad():  # a non-zero head, so the solvers differ
+        for p in gen.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    heun = Pipeline(pipe.tokenizer, gen.eval(), SCALE)
+    a = heun.generate([1, 2], width=32, seed=7, cfg=3.0, solver="heun", steps=2)
+    assert torch.equal(a, heun.generate([1, 2], width=32, seed=7, cfg=3.0, solver="heun", steps=2))
+    assert not torch.allclose(a, heun.generate([1, 2], width=32, seed=7, cfg=3.0), atol=1e-4)
+    with pytest.raises(ValueError, match="unknown solver"):
+        heun.generate([1], solver="dopri5")
+
 def test_decode_divides_by_the_latent_scale(pipe):
     tokens = torch.randn(1, 4, 16)
     expected = pipe.tokenizer.decode(tokens / SCALE).clamp(-1, 1)
@@ -116,7 +129,7 @@ def test_sample_cli_writes_panorama_and_grid(checkpoints, tmp_path):
                  "--width", "16", "--grid", "--out", str(tmp_path / "grid.png")])
     assert Image.open(tmp_path / "grid.png").size == (2 * 18 + 2, 2 * 34 + 2)
     sample_main(["--tokenizer", str(tok), "--generator", str(gen), "--classes", "6",
-                 "--width", "16", "--out", str(tmp_path / "one.png")])
+                 "--width", "16", "--solver", "heun", "--steps", "3", "--out", str(tmp_path / "one.png")])
     assert Image.open(tmp_path / "one.png").size == (20, 36)
 
 
