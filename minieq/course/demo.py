@@ -10,7 +10,8 @@ models trained **from scratch** here in a few CPU minutes.
 3. latents and generator: the FAST tokenizer's training set encoded once (with flips), then
    the tiny windowed-causal generator trained on it (or loaded);
 4. samples: every class at the training width, long images 8× and 64× the training width (paper
-   Fig. 5), sampled with the sliding-window KV cache and decoded in bounded memory, and the
+   Fig. 5), sampled with the sliding-window KV cache (and the midpoint ODE solver, 5 steps:
+   ``--solver``/``--steps``) and decoded in bounded memory, and the
    regeneration of chosen tokens (paper Fig. 6);
 5. an offline Fréchet distance (EfficientNet-Lite0 features; not comparable with published FID)
    of each model's reconstructions and samples, next to its floor and the PCA codec.
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from minieq.flow import SOLVERS
 from minieq.pipeline import TRAIN_TOKENS
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.viz import panorama, save_image_grid
@@ -96,14 +98,15 @@ def fit_column_pca(cfg, width: int, seed: int = 0, num_images: int = 1024):
 
 @torch.no_grad()
 def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4, seed: int = 0,
-                      tag: str = "", long_factors: tuple[int, ...] = (8, 64)) -> dict:
+                      tag: str = "", long_factors: tuple[int, ...] = (8, 64), **sampler) -> dict:
     """Class samples at the training width (``samples_by_class{tag}.png``), long panoramas
-    ``long_{factor}x{tag}_<class>.png`` and the regeneration figure ``regeneration{tag}.png``."""
+    ``long_{factor}x{tag}_<class>.png`` and the regeneration figure ``regeneration{tag}.png``.
+    ``sampler`` (``solver``, ``steps``) picks the flow head's ODE solver."""
     from minieq.analysis import seam_score
 
     num_classes = pipe.generator.config.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
-    samples = pipe.generate(labels, cfg=cfg, seed=seed)  # (C·per_class, 3, H, pipe.train_width)
+    samples = pipe.generate(labels, cfg=cfg, seed=seed, **sampler)  # (C·per_class, 3, H, pipe.train_width)
     save_image_grid(out_dir / f"samples_by_class{tag}.png", samples.cpu(), nrow=per_class)
     train_width = pipe.train_width
     stats = {"cfg": cfg}
@@ -112,28 +115,29 @@ def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4,
         # so the second costs almost nothing (41.5 s for one strip or two, measured).
         classes = range(num_classes) if factor <= 8 else (0, 3)
         start = time.perf_counter()
-        long = pipe.generate(list(classes), width=factor * train_width, cfg=cfg, seed=seed)
+        long = pipe.generate(list(classes), width=factor * train_width, cfg=cfg, seed=seed, **sampler)
         stats[f"long_{factor}x_seconds"] = round(time.perf_counter() - start, 1)
         stats[f"long_{factor}x_seam_score"] = seam_score(long, pipe.column_width)
         rows = 1 if factor <= 8 else 8  # wrap the 64× strips so the PNG stays viewable
         for label, image in zip(classes, long):
             Image.fromarray(panorama(image.cpu(), rows=rows)).save(
                 out_dir / f"long_{factor}x{tag}_{SYNTHSCAPES_CLASSES[label]}.png")
-    run_regeneration_demo(pipe, out_dir / f"regeneration{tag}.png", cfg=cfg, seed=seed)
+    run_regeneration_demo(pipe, out_dir / f"regeneration{tag}.png", cfg=cfg, seed=seed, **sampler)
     return stats
 
 
 @torch.no_grad()
-def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num_tokens: int = 48) -> Path:
+def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num_tokens: int = 48,
+                          **sampler) -> Path:
     """Paper Fig. 6: a 3×-wide mountain strip, its right half redrawn twice and a middle span
     redrawn once, each redrawn span marked in red above its version and its change below."""
     from minieq.viz import regeneration_picture
 
-    tokens = pipe.sample_tokens([0], num_tokens, cfg=cfg, seed=seed)  # (1, N, C)
+    tokens = pipe.sample_tokens([0], num_tokens, cfg=cfg, seed=seed, **sampler)  # (1, N, C)
     idx = torch.arange(num_tokens)
     masks = [idx < num_tokens // 2, idx < num_tokens // 2,
              (idx < num_tokens // 2 - 4) | (idx >= num_tokens // 2 + 4)]
-    versions = [pipe.regenerate(tokens, keep, [0], cfg=cfg, seed=seed + 1 + i)[0][0]
+    versions = [pipe.regenerate(tokens, keep, [0], cfg=cfg, seed=seed + 1 + i, **sampler)[0][0]
                 for i, keep in enumerate(masks)]
     picture = regeneration_picture(pipe.decode(tokens)[0], versions, masks, pipe.column_width)
     Image.fromarray(picture).save(path)
@@ -142,7 +146,7 @@ def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num
 
 @torch.no_grad()
 def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: float = 3.0,
-                seed: int = 0) -> dict[str, dict[str, float]]:
+                seed: int = 0, **sampler) -> dict[str, dict[str, float]]:
     """Offline FD / KID to training renders of held-out renders (the floor), the PCA codec
     ``pca``, each tokenizer's reconstructions and each generator's class samples (equal class
     mix and size).
@@ -167,7 +171,7 @@ def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: 
             [tok.decode(tok.encode(b.to(device))).clamp(-1, 1).cpu() for b in heldout.split(64)])
     for name, pipe in pipes.items():
         sets[f"{name} samples (cfg {cfg:g})"] = torch.cat(
-            [pipe.generate(b, cfg=cfg, seed=seed + i).cpu() for i, b in enumerate(labels.split(64))])
+            [pipe.generate(b, cfg=cfg, seed=seed + i, **sampler).cpu() for i, b in enumerate(labels.split(64))])
     scores = {}
     for name, images in sets.items():
         fake = image_features(images)
@@ -215,11 +219,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--cfg", type=float, default=3.0, help="classifier-free guidance scale")
     parser.add_argument("--full", action="store_true", help="train the full-mode (GPU) recipes, not FAST")
     parser.add_argument("--data_only", action="store_true", help="only render the SynthScapes pictures")
+    parser.add_argument("--solver", default="midpoint", choices=SOLVERS,
+                        help="flow-head ODE solver for every sample (euler = the official sampler)")
+    parser.add_argument("--steps", type=int, default=5,
+                        help="solver steps per token; midpoint-5 (10 head calls) is more accurate than "
+                             "the course models' Euler-25 (python -m minieq.bench.solvers) and 2.5x cheaper")
     parser.add_argument("--fd_images", type=int, default=64,
                         help="images per set for the offline FD (compare values at equal sizes only)")
     args = parser.parse_args(argv)
     seed_everything(args.seed)
     out, fast = args.out, not args.full
+    sampler = {"solver": args.solver, "steps": args.steps}
     models = out / "models" / ("fast" if fast else "full")
     device = pick_device()
     timings = {}
@@ -247,7 +257,7 @@ def main(argv=None) -> dict:
     print(f"[tokenizer] device {device}; loading or training the from-scratch tokenizer in {models}")
     tokenizers["scratch"] = stage("tokenizer", lambda: tiny_tokenizer(models, fast=fast, device=device))
 
-    summary = {"models": {name: {"label": label} for name, label in labels.items()}}
+    summary = {"sampler": sampler, "models": {name: {"label": label} for name, label in labels.items()}}
     cfg = tokenizers["scratch"].config
     pca = stage("pca", lambda: fit_column_pca(cfg, 16 * cfg.column_width, args.seed))  # fitted once, used twice
     for name, tok in tokenizers.items():
@@ -273,12 +283,13 @@ def main(argv=None) -> dict:
         # strips cost 40+ s on a CPU, and make demo has to stay within minutes.
         factors = (8, 64) if name == next(iter(pipes)) else ()
         summary["models"][name].update(stage(f"sampling {name}", lambda: run_sampling_demo(
-            pipe, out, cfg=args.cfg, seed=args.seed, tag=f"_{name}", long_factors=factors)))
+            pipe, out, cfg=args.cfg, seed=args.seed, tag=f"_{name}", long_factors=factors, **sampler)))
         summary["models"][name]["latent_scale"] = pipe.latent_scale
     for figure in ("reconstructions", "token_by_token", "samples_by_class", "regeneration"):
         compare_figure(out, figure, labels)
 
-    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, pca, args.fd_images, cfg=args.cfg, seed=args.seed))
+    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, pca, args.fd_images, cfg=args.cfg, seed=args.seed,
+                                          **sampler))
     summary["fd_lite0"] = fd
     print(f"[fd] offline Fréchet distance / KID to {args.fd_images} training renders, {args.fd_images} "
           "images per set, on EfficientNet-Lite0 features (NOT comparable with published FID numbers):")
