@@ -59,8 +59,9 @@ class PCACodec:
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B·N, D): one row per token block, tokens in raster order."""
-        if self.layout == "column":
+        if self.layout == "column":  # (B, 3, H, N·cw) -> (B·N, 3·H·cw)
             return rearrange(x, "b c h (n cw) -> (b n) (c h cw)", cw=self.block)
+        # (B, 3, rows·P, cols·P) -> (B·rows·cols, 3·P·P): row-major patches = raster order
         return rearrange(x, "b c (r p) (n q) -> (b r n) (c p q)", p=self.block, q=self.block)
 
     def num_tokens(self, width: int) -> int:
@@ -82,9 +83,9 @@ class PCACodec:
         if n % self.rows:
             raise ValueError(f"{n} grid tokens do not fill {self.rows} rows")
         flat = tokens.double().reshape(b * n, -1) * self.coef_std @ self.basis + self.mean  # (B·N, D)
-        if self.layout == "column":
+        if self.layout == "column":  # (B·N, 3·H·cw) -> (B, 3, H, N·cw)
             x = rearrange(flat, "(b n) (c h cw) -> b c h (n cw)", b=b, c=3, cw=self.block)
-        else:
+        else:  # (B·rows·cols, 3·P·P) -> (B, 3, rows·P, cols·P), raster order back to the grid
             x = rearrange(flat, "(b r n) (c p q) -> b c (r p) (n q)", b=b, r=self.rows, c=3,
                           p=self.block, q=self.block)
         return x.clamp(-1, 1).float()
