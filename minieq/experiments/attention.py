@@ -59,7 +59,8 @@ def attention_table(num_tokens: int = 16, cond_length: int = 3, preset: str = "S
     for v in VARIANTS:
         measured = count_generator(preset, num_tokens, {"attention": v, "cond_length": cond_length})
         rows[v] = {"pairs_per_layer": attention_pairs(num_tokens, v, cond_length),
-                   "paper_units": round(attention_flops(num_tokens, v, cfg.embed_dim, cfg.depth, cond_length) / MEGA, 3),
+                   "paper_units": round(attention_flops(num_tokens, v, cfg.embed_dim, cfg.depth,
+                                                        cond_length) / MEGA, 3),
                    "paper": PAPER[v]["attn_flops"],
                    "transformer_gflops": round(measured["transformer"] / 1e9, 3)}
     return rows

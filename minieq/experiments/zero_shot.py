@@ -70,7 +70,10 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
               "steps": steps or settings.steps, "models": {}}
     samples = {}
     for layout, overrides in MODELS.items():
-        latents = file_latents(files[layout]) if files[layout] else pca_latents(layout, num_images=num_images, seed=seed)
+        if files[layout]:
+            latents = file_latents(files[layout])
+        else:
+            latents = pca_latents(layout, num_images=num_images, seed=seed)
         row = {"latents": latents.description}
         runs = {}
         for kind, positions in (("all16", None), ("subset", trained)):
@@ -82,10 +85,11 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
         row.update(summarize(row["all16_loss"], row["subset_loss"], trained))
         result["models"][layout] = row
         if latents.decode is not None:
-            gen, scale_ = runs["subset"].generator, runs["subset"].latent_scale
+            gen, latent_scale = runs["subset"].generator, runs["subset"].latent_scale
             labels = torch.arange(num_samples, device=device) % latents.num_classes
-            tokens = gen.sample(labels, num_tokens=latents.train.shape[1], generator=torch.Generator(device).manual_seed(seed))
-            samples[layout] = latents.decode(tokens / scale_)
+            g = torch.Generator(device).manual_seed(seed)
+            tokens = gen.sample(labels, num_tokens=latents.train.shape[1], generator=g)  # (B, N, C)
+            samples[layout] = latents.decode(tokens / latent_scale)
     result["samples"] = samples
     return result
 
