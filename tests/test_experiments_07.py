@@ -6,7 +6,8 @@ import torch
 
 from minieq.experiments import attention, efficiency, per_position, zero_shot
 from minieq.experiments.pca_codec import PCACodec
-from minieq.experiments.training_runs import SCALES, pca_latents, synthscapes, train_on_latents
+from minieq.checkpoint import read_checkpoint
+from minieq.experiments.training_runs import SCALES, file_latents, pca_latents, synthscapes, train_on_latents
 from minieq.generator import Generator, GeneratorConfig
 from minieq.train_generator import GeneratorTrainConfig, build_generator, train
 from minieq.training import check_loss_positions, masked_position_mean
@@ -54,7 +55,6 @@ def test_trainer_restricts_the_loss_and_refuses_bad_positions(tmp_path):
     with pytest.raises(ValueError, match=r"in \[0, 4\)"):
         train(GeneratorTrainConfig.preset("tiny", **base, out=str(tmp_path / "bad"), loss_positions=[0, 4]))
     path = train(GeneratorTrainConfig.preset("tiny", **base, out=str(tmp_path / "ok"), loss_positions=[0, 1]))
-    from minieq.checkpoint import read_checkpoint
     assert read_checkpoint(path)["train_config"]["loss_positions"] == [0, 1]
     # The flag exists on the command line too.
     from minieq.train_generator import main
@@ -144,6 +144,19 @@ def test_train_on_latents_measures_early_and_final_loss(tmp_path):
     assert all(len(v) == 16 and all(x > 0 for x in v) for v in run.val_loss.values())
     assert run.val_loss[2] != run.val_loss[4]
     assert run.generator.config.layout == "grid" and not run.generator.training
+
+
+def test_paper_scale_latent_files_are_trained_in_place(tmp_path):
+    # At ImageNet size a latent file is ~42 GB: the runs must read it, not copy it.
+    torch.save({"latents": torch.randn(40, 4, 16), "labels": torch.arange(40) % 8, "noise_std": 2.5},
+               tmp_path / "l.pt")
+    latents = file_latents(tmp_path / "l.pt", val_rows=8)
+    assert latents.val.shape == (8, 4, 16) and latents.decode is None and latents.num_classes == 8
+    run = train_on_latents(latents, tmp_path / "run", SCALES["cpu"], steps=1, model_overrides=dict(MICRO))
+    assert not (tmp_path / "run" / "latents.pt").exists()
+    assert read_checkpoint(run.checkpoint)["train_config"]["latents"] == str(tmp_path / "l.pt")
+    with pytest.raises(ValueError, match="fewer"):
+        file_latents(tmp_path / "l.pt", val_rows=100)
 
 
 def test_zero_shot_command_writes_json_and_png(tmp_path, monkeypatch):

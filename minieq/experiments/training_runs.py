@@ -53,6 +53,7 @@ class Latents:
     num_classes: int
     decode: Callable[[torch.Tensor], torch.Tensor] | None  # means (B, N, C) -> images; None: no decoder
     description: str
+    train_file: str | None = None  # an existing latent file of ``train`` (read in place, not copied)
 
     def val_tokens(self, latent_scale: float, seed: int = 0) -> torch.Tensor:
         """Held-out tokens as the generator sees them in training: σ-VAE samples x latent scale."""
@@ -111,21 +112,21 @@ def course_latents(path: str | Path | None = None, num_images: int = 1024, val_i
 
 
 def file_latents(path: str | Path, val_rows: int = 10_000) -> Latents:
-    """A ``minieq.cache_latents`` file (paper scale: ImageNet or Places latents); its last
-    ``val_rows`` original rows (before the flipped copies) are held out and left out of training."""
-    from minieq.data import LatentDataset, num_classes_of
+    """A ``minieq.cache_latents`` file (paper scale: ImageNet or Places latents), used in place.
+
+    The trainer reads the file itself (memory-mapped: at ImageNet size it is ~42 GB, too big to
+    copy), so nothing is held out: the loss is measured on its first ``val_rows`` rows, which
+    are also trained on, like the paper's Figs. 3-4 (training loss).
+    """
+    from minieq.data import LatentDataset
+    from minieq.generator_data import num_classes_of
 
     data = LatentDataset(path)
-    originals = int(data.meta.get("num_images", len(data)))
-    if originals <= val_rows:
-        raise ValueError(f"{path}: {originals} images are too few to hold out {val_rows}")
-    keep = torch.ones(len(data), dtype=torch.bool)
-    keep[originals - val_rows:originals] = False
-    if data.meta.get("flips"):
-        keep[2 * originals - val_rows:2 * originals] = False  # their flipped copies too
-    held = ~keep
-    return Latents(data.latents[keep], data.labels[keep], data.latents[held], data.labels[held],
-                   float(data.meta.get("noise_std", 2.5)), num_classes_of(data), None, f"the latent file {path}")
+    if len(data) < val_rows:
+        raise ValueError(f"{path}: {len(data)} rows are fewer than the {val_rows} the loss is measured on")
+    return Latents(data.latents, data.labels, data.latents[:val_rows].clone(), data.labels[:val_rows].clone(),
+                   float(data.meta.get("noise_std", 2.5)), num_classes_of(data), None,
+                   f"the latent file {path} (loss on its first {val_rows} rows)", train_file=str(path))
 
 
 @dataclass
@@ -179,9 +180,10 @@ def train_on_latents(latents: Latents, out: str | Path, scale: Scale, *, steps: 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     steps = steps or scale.steps
-    data_file = out / "latents.pt"
-    torch.save({"latents": latents.train.float().contiguous(), "labels": latents.train_labels,
-                "noise_std": latents.noise_std, "num_classes": latents.num_classes}, data_file)
+    data_file = Path(latents.train_file) if latents.train_file else out / "latents.pt"
+    if latents.train_file is None:
+        torch.save({"latents": latents.train.float().contiguous(), "labels": latents.train_labels,
+                    "noise_std": latents.noise_std, "num_classes": latents.num_classes}, data_file)
     cfg = GeneratorTrainConfig.preset(
         scale.train_preset, model=scale.model, latents=str(data_file), out=str(out), max_steps=steps,
         global_batch=scale.global_batch, num_workers=0, seed=seed, save_every=steps,
