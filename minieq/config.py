@@ -87,9 +87,13 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
             options.update(type=args[0] if args and args[0] in (int, float, str) else str, nargs="+")
         elif origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(kind):
             inner = [a for a in typing.get_args(kind) if a is not type(None)][0]
-            if inner not in (int, float, str):
+            items = typing.get_args(inner)  # list[int] | None -> (int,)
+            if inner in (int, float, str):
+                options.update(type=inner)
+            elif typing.get_origin(inner) in (list, tuple) and items and items[0] in (int, float, str):
+                options.update(type=items[0], nargs="+")
+            else:
                 continue
-            options.update(type=inner)
         else:
             continue  # dict fields (overrides) are Python-API only
         text = cls.HELP.get(f.name, f.name.replace("_", " "))

@@ -46,7 +46,8 @@ from minieq.generator import FAST_SIZES, Generator, GeneratorConfig
 from minieq.logger import JsonlLogger, progress
 from minieq.generator_data import TrainingData, global_sigma_noise, step_seed
 from minieq.pipeline import Pipeline, compute_latent_scale
-from minieq.training import (TrainState, announce_start, batches_from, check_finite, resume_source,
+from minieq.training import (TrainState, announce_start, batches_from, check_finite,
+                             check_loss_positions, masked_position_mean, resume_source,
                              warmup_constant, warmup_cosine)
 from minieq.utils import autocast, pick_device, seed_everything
 from minieq.viz import save_image_grid
@@ -92,6 +93,7 @@ class GeneratorTrainConfig(ConfigBase):
     save_every: int = 3000                # ≈ 5 ImageNet epochs at batch 2048 (the official cadence)
     sample_every: int = 0                 # sample-grid PNG every k steps (0 = only at the end)
     resume: bool = True
+    loss_positions: list[int] | None = None  # train only these token positions (None = all)
     model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
 
     HELP = {
@@ -126,6 +128,8 @@ class GeneratorTrainConfig(ConfigBase):
         "log_every": "metrics.jsonl row every this many steps",
         "save_every": "save OUT/generator.pt every this many steps (the resume points)",
         "sample_every": "sample-grid PNG every this many steps (0 = only at the end; needs --tokenizer)",
+        "loss_positions": "flow loss on these token positions only, e.g. 0 1 2 3 4 5 6 7 (zero-shot "
+                          "subtasks, paper Fig. 3 / Table 1; default: all positions)",
     }
 
     PRESETS = {
@@ -237,6 +241,7 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
         raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.global_batch}")
     total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
     train_tokens, token_dim = data.token_shape()
+    check_loss_positions(cfg.loss_positions, train_tokens)
 
     generator = build_generator(cfg, data.num_classes, token_dim).to(device)
     optimizer = torch.optim.AdamW(param_groups(generator, cfg.weight_decay), lr=0.0,
@@ -279,7 +284,7 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
         tokens = (means + global_sigma_noise(means, cfg.seed, step, data.noise_std)) * latent_scale
         with autocast(device, enabled=cfg.bf16):
             per_position = model(tokens, labels).float()  # (N,) Fig. 3/4: one loss per subtask
-        loss = per_position.mean()
+        loss = masked_position_mean(per_position, cfg.loss_positions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = nn.utils.clip_grad_norm_(generator.parameters(), cfg.grad_clip)

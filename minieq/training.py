@@ -200,3 +200,26 @@ def warmup_cosine(step: float, warmup: float, total: float, min_ratio: float = 0
         return step / warmup
     progress = min(1.0, (step - warmup) / max(1.0, total - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def check_loss_positions(positions: list[int] | None, num_tokens: int) -> None:
+    """Raise ``ValueError`` unless ``positions`` (None = all) are distinct indices in [0, num_tokens)."""
+    if positions is None:
+        return
+    if not positions or len(set(positions)) != len(positions) \
+            or min(positions) < 0 or max(positions) >= num_tokens:
+        raise ValueError(f"loss_positions must be distinct token indices in [0, {num_tokens}), "
+                         f"got {list(positions)}")
+
+
+def masked_position_mean(per_position: torch.Tensor, positions: list[int] | None) -> torch.Tensor:
+    """The training loss from the (N,) per-position losses, kept to ``positions`` (None = all).
+
+    Zero-shot subtasks (paper Sec. 4.3, Fig. 3 / Table 1): the other positions still run forward
+    as context, but their flow loss is left out, so they get no gradient through the loss. Every
+    position holds the same number of loss rows (diffusion_batch_mul x batch), so the mean over
+    the kept positions is the mean over the kept rows.
+    """
+    if positions is None:
+        return per_position.mean()
+    return per_position[torch.as_tensor(positions, device=per_position.device)].mean()
