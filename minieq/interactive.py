@@ -76,7 +76,8 @@ class StripEditor:
 
     def _checked_length(self, num_tokens: int) -> int:
         if num_tokens < 2:
-            raise ValueError(f"a strip needs at least 2 token columns (the tokenizer's minimum), got {num_tokens}")
+            raise ValueError(f"a strip needs at least 2 token columns (the tokenizer's minimum), "
+                             f"got {num_tokens}")
         return int(num_tokens)
 
     def _sample_kwargs(self) -> dict:
@@ -117,7 +118,8 @@ class StripEditor:
         """The token column under pixel ``x`` of the rendered strip (for clicks)."""
         column = int(x // self.pipe.column_width)
         if not 0 <= column < self.num_tokens:
-            raise ValueError(f"pixel x={x} lies outside the strip (0 .. {self.num_tokens * self.pipe.column_width - 1})")
+            last = self.num_tokens * self.pipe.column_width - 1
+            raise ValueError(f"pixel x={x} lies outside the strip (0 .. {last})")
         return column
 
     def click(self, x: float) -> tuple[int, int]:

@@ -55,7 +55,7 @@ class StripWidget:
         self.message = w.Label()
         self.box = w.VBox([
             w.HBox([self.label, self.cfg]), w.HBox([self.temperature, self.length]),
-            w.HBox([self.step, self.buttons["new strip"], self.buttons["next columns"], self.buttons["to the end"]]),
+            w.HBox([self.step] + [self.buttons[k] for k in ("new strip", "next columns", "to the end")]),
             w.HBox([self.span, self.buttons["drop span"], self.buttons["regenerate"]]),
             self.picture, self.message])
         self.refresh()

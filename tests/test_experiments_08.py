@@ -92,12 +92,16 @@ def test_long_fidelity_run_writes_a_curve(pipe, tmp_path):
     config = long_fidelity.FidelityConfig(multiples=[2, 4], strips_per_class=1, classes=[0, 2, 5],
                                           crops=3, noise_sets=2, batch_size=2)
     data = SynthScapes(64, height=32, width=pipe.train_width, split="val")
-    result = long_fidelity.run(pipe, data, config, seed=0, keep_strips=True)
+    result = long_fidelity.run(pipe, data, config, seed=0, truth=long_fidelity.synthscapes_strips(1),
+                               keep_strips=True)
     strips = result.pop("strips")
     assert strips.shape == (3, 3, 32, 4 * 16 * 8)  # 4 training widths of 16 tokens of 8 px
     assert result["offsets_tokens"] == [0, 32, 48] and len(result["curve"]["fd"]) == 3
     assert set(result["summary"]["per_length"]) == {"2x", "4x"}
     assert all(0.5 < s < 2 for s in result["curve"]["seam"])
+    # Ground-truth crops are real images: a far lower FD (and no seams beyond their own texture).
+    assert all(0.6 < s < 1.4 for s in result["truth_curve"]["seam"])
+    assert max(result["truth_curve"]["fd"]) < min(result["curve"]["fd"])
     paths = long_fidelity.write_result(tmp_path, "long_fidelity", result, long_fidelity.plot(result, strips[0]))
     assert json.loads(paths["json"].read_text())["num_tokens"] == 64 and paths["png"].stat().st_size > 0
 

@@ -9,8 +9,10 @@ it. An equivariant generator gives a flat curve.
 
 Yardsticks, all at the same sample size (FD is biased upward by small samples): the FD between
 the reference set and other disjoint sets of real images of the same classes (the noise level,
-mean and spread over several sets), and the FD of tokenizer reconstructions of real images (the
-generator cannot beat its tokenizer).
+mean and spread over several sets); the FD of tokenizer reconstructions of real images (the
+generator cannot beat its tokenizer); and, where ground truth exists at any width (SynthScapes),
+the same curve for ground-truth strips: crops of one strip share its scene, so even a perfect
+generator's curve wanders from offset to offset by about as much as that one.
 
 One sampling run serves every length: with a constant guidance scale the sampler is causal and
 draws its noise token by token, so the strips 8x, 16x and 32x the training width are exact
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch.utils.data import Dataset
@@ -38,6 +41,7 @@ from minieq.config import ConfigBase
 from minieq.experiments import experiment_parser, write_result
 from minieq.metrics import frechet_distance, image_features
 from minieq.pipeline import Pipeline
+from minieq.synthscapes import render_synthscapes
 from minieq.utils import pick_device
 
 
@@ -158,7 +162,8 @@ def summarize(curve: dict, offsets: list[int], crop_tokens: int, multiples: list
         per_length[f"{m}x"] = {"mean_fd": float(fd[inside].mean()), "max_fd": float(fd[inside].max()),
                                "mean_seam": float(torch.tensor(curve["seam"])[inside].mean())}
     return {
-        "fd_first_crop": float(fd[0]), "fd_mean": float(fd.mean()), "fd_std": float(fd.std()) if len(fd) > 1 else 0.0,
+        "fd_first_crop": float(fd[0]), "fd_mean": float(fd.mean()),
+        "fd_std": float(fd.std()) if len(fd) > 1 else 0.0,
         "fd_drift_last_minus_first_quarter": drift, "fd_slope_per_1000_tokens": slope * 1000,
         "noise_fd_mean": float(noise.mean()), "noise_fd_std": noise_std,
         # A rough verdict, stated with its rule: the drift within two spreads of the real-vs-real FDs.
@@ -167,13 +172,28 @@ def summarize(curve: dict, offsets: list[int], crop_tokens: int, multiples: list
     }
 
 
+def synthscapes_strips(seed: int) -> Callable[[torch.Tensor, int, int], torch.Tensor]:
+    """Ground-truth long strips for :func:`run`: ``(labels, height, width) -> (B, 3, H, W)``
+    SynthScapes renders. SynthScapes is stationary along x, so every crop of a long render is
+    distributed like a training image, and the FD curve of these strips is the yardstick for the
+    generated one: it shows how much a curve wanders from offset to offset when all crops of a
+    strip share the strip's scene (its palette, its ridge heights)."""
+    def render(labels: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return render_synthscapes(labels, height, width, seed=seed)
+
+    return render
+
+
 def run(pipe: Pipeline, dataset: Dataset, config: FidelityConfig | None = None, seed: int = 0,
+        truth: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
         keep_strips: bool = False) -> dict:
     """Sample strips ``max(config.multiples)`` training widths long, measure FD and seams per offset.
 
     :param pipe: tokenizer + generator (column layout).
     :param dataset: ground-truth images of the training size with a ``labels`` sequence, e.g.
         ``SynthScapes(..., split="val")``; class-matched disjoint sets are drawn from it.
+    :param truth: ``(labels, height, width) -> strips``: ground-truth strips as long as the
+        generated ones (e.g. :func:`synthscapes_strips`), measured the same way (``truth_curve``).
     :param keep_strips: also return the decoded strips under ``"strips"`` (a tensor, not JSON).
     :return: the settings, timings, the per-offset ``curve`` and its ``summary``.
     """
@@ -207,6 +227,11 @@ def run(pipe: Pipeline, dataset: Dataset, config: FidelityConfig | None = None, 
                     "features": time.perf_counter() - decoded},
         "metric": "offline FD on EfficientNet-Lite0 features (not comparable with published FID)",
     }
+    if truth is not None:
+        truth_strips = truth(labels, strips.shape[-2], strips.shape[-1])  # (B, 3, H, W), same classes
+        truth_curve = measure(truth_strips, real[:-1], crop_tokens * col, [o * col for o in offsets], col)
+        result["truth_curve"] = {"fd": truth_curve["fd"], "seam": truth_curve["seam"]}
+        result["truth_summary"] = summarize(truth_curve, offsets, crop_tokens, config.multiples)
     if keep_strips:
         result["strips"] = strips
     return result
@@ -221,7 +246,8 @@ def plot(result: dict, strip: torch.Tensor | None = None):
 
     curve, offsets, n = result["curve"], result["offsets_tokens"], result["train_tokens"]
     fig = Figure(figsize=(11, 5.5 if strip is not None else 3.2), dpi=100)
-    grid = fig.add_gridspec(2 if strip is not None else 1, 2, height_ratios=[1, 1.4] if strip is not None else [1])
+    ratios = [1, 1.4] if strip is not None else [1]  # the strip's row, the plots' row
+    grid = fig.add_gridspec(len(ratios), 2, height_ratios=ratios)
     if strip is not None:
         ax = fig.add_subplot(grid[0, :])
         ax.imshow(panorama(strip, rows=4), interpolation="nearest")
@@ -232,18 +258,25 @@ def plot(result: dict, strip: torch.Tensor | None = None):
     noise = torch.tensor(curve["noise_fds"])
     ax = fig.add_subplot(grid[row, 0])
     ax.plot(offsets, curve["fd"], "o-", ms=3, label="generated crops")
-    band = (noise.mean() - 2 * noise.std(), noise.mean() + 2 * noise.std()) if len(noise) > 1 else (noise.min(),) * 2
+    if "truth_curve" in result:
+        ax.plot(offsets, result["truth_curve"]["fd"], "s-", ms=3, color="gray", label="ground-truth strips")
+    spread = 2 * noise.std() if len(noise) > 1 else torch.tensor(0.0)
+    band = (noise.mean() - spread, noise.mean() + spread)
     ax.axhspan(float(band[0]), float(band[1]), color="gray", alpha=0.3, label="real vs real (mean ± 2 std)")
     if curve["recon_fd"] is not None:
         ax.axhline(curve["recon_fd"], color="tab:orange", ls="--", label="tokenizer reconstructions")
     for m in result["settings"]["multiples"][:-1]:
         ax.axvline(m * n, color="k", ls=":", lw=0.8)
-    ax.set(xlabel="crop offset (tokens); dotted: end of the 8x/16x/32x strips", ylabel="offline FD",
-           title="FD of training-width crops vs ground truth", ylim=(0, None))
+    top = max(curve["fd"] + [curve["recon_fd"] or 0.0] + result.get("truth_curve", {}).get("fd", []))
+    ax.set(xlabel="crop offset (tokens); dotted: end of the shorter strips", ylabel="offline FD",
+           title="FD of training-width crops vs ground truth", ylim=(0, 1.1 * top))
     ax.legend(fontsize=7)
     ax = fig.add_subplot(grid[row, 1])
     ax.plot(offsets, curve["seam"], "o-", ms=3, label="generated crops")
-    ax.axhline(curve["real_seam"], color="gray", label="ground truth")
+    if "truth_curve" in result:
+        ax.plot(offsets, result["truth_curve"]["seam"], "s-", ms=3, color="gray", label="ground-truth strips")
+    else:
+        ax.axhline(curve["real_seam"], color="gray", label="ground truth")
     ax.set(xlabel="crop offset (tokens)", ylabel="seam score (1 = no seams)", title="seam score")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -304,14 +337,18 @@ def main(argv: list[str] | None = None) -> dict:
         classes = config.classes or range(pipe.generator.config.num_classes)
         images = len(classes) * config.strips_per_class * (config.noise_sets + 2) * 2
         reference = reference_dataset(args, pipe.tokenizer.config.image_height, pipe.train_width, images)
-        result = run(pipe, reference, config, args.seed, keep_strips=True)
+        # Ground-truth strips from another seed than the reference images and the training set.
+        truth = synthscapes_strips(args.seed + 1) if args.data == "synthscapes" else None
+        result = run(pipe, reference, config, args.seed, truth, keep_strips=True)
     strips = result.pop("strips")
     paths = write_result(args.out, "long_fidelity", result, plot(result, strips[0]))
     s = result["summary"]
     print("FD per offset (tokens): " + ", ".join(f"{o}: {fd:.1f}" for o, fd in zip(result["offsets_tokens"],
                                                                                    result["curve"]["fd"])))
+    if "truth_curve" in result:
+        print("FD of ground-truth strips: " + ", ".join(f"{fd:.1f}" for fd in result["truth_curve"]["fd"]))
     print(f"noise level (real vs real): {s['noise_fd_mean']:.1f} ± {s['noise_fd_std']:.1f}; tokenizer "
-          f"reconstructions {result['curve']['recon_fd']:.1f}; drift {s['fd_drift_last_minus_first_quarter']:+.1f} "
-          f"-> flat within 2 std: {s['flat_within_2_noise_std']}")
+          f"reconstructions {result['curve']['recon_fd']:.1f}; drift "
+          f"{s['fd_drift_last_minus_first_quarter']:+.1f} -> flat within 2 std: {s['flat_within_2_noise_std']}")
     print(f"wrote {paths['json']} and {paths['png']}")
     return result

@@ -117,7 +117,8 @@ def plot(result: dict, frames: list, long: torch.Tensor, panorama_image: torch.T
     wide = panorama(panorama_image, rows=4)
     pictures = [(f"Fig. 9: generation process, frames after {result['frame_steps']} tokens; rows: "
                  f"{', '.join(names)}", process),
-                (f"Fig. 5: one strip per class, {result['settings']['long_multiple']}x the training width", strips),
+                (f"Fig. 5: one strip per class, {result['settings']['long_multiple']}x the training width",
+                 strips),
                 (f"{names[0]}, {result['settings']['panorama_multiple']}x the training width (in 4 lines)", wide)]
     heights = [p.shape[0] / p.shape[1] for _, p in pictures]
     fig = Figure(figsize=(11, 11 * sum(heights) + 0.9), dpi=100)
@@ -145,8 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
         from minieq.synthscapes import SYNTHSCAPES_CLASSES
         names = [SYNTHSCAPES_CLASSES[c] for c in result["classes"]]
     paths = write_result(args.out, "process", result, plot(result, *pictures, class_names=names))
-    print(f"seconds per token: 8x strips {result['seconds']['long']['sample_s_per_token']:.4f} (batch "
-          f"{result['seconds']['long']['strips']}), panorama {result['seconds']['panorama']['sample_s_per_token']:.4f}; "
+    seconds = result["seconds"]
+    print(f"seconds per token: long strips {seconds['long']['sample_s_per_token']:.4f} (batch "
+          f"{seconds['long']['strips']}), panorama {seconds['panorama']['sample_s_per_token']:.4f}; "
           f"seam score of the panorama {result['seam_score']['panorama']:.3f}")
     print(f"wrote {paths['json']} and {paths['png']}")
     return result

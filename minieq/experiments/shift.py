@@ -101,14 +101,15 @@ def loss_at_offset(generator, tokens: torch.Tensor, labels: torch.Tensor, offset
 
 
 def _encoded_latents(tokenizer, images: int, path: Path, split: str, seed: int) -> Path:
-    """Posterior means of ``images`` SynthScapes renders (with flips), cached at ``path``."""
+    """Posterior means of ``images`` SynthScapes renders of the training size (with flips for the
+    training split, as the course latents), cached at ``path``."""
     from minieq.cache_latents import cache_latents
     from minieq.data import SynthScapes
 
     if path.exists():
         return path
-    data = SynthScapes(images, height=tokenizer.config.image_height, width=TRAIN_TOKENS * tokenizer.config.column_width,
-                       seed=seed, split=split)
+    width = TRAIN_TOKENS * tokenizer.config.column_width
+    data = SynthScapes(images, height=tokenizer.config.image_height, width=width, seed=seed, split=split)
     return cache_latents(tokenizer, data, path, flips=split == "train", show_progress=False)
 
 
@@ -134,14 +135,16 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
     out, device = Path(out), torch.device(device) if device is not None else pick_device()
     out.mkdir(parents=True, exist_ok=True)
     latents = latents or _encoded_latents(tokenizer, config.latent_images, out / "latents.pt", "train", seed)
-    heldout_latents = heldout_latents or _encoded_latents(tokenizer, config.heldout, out / "heldout.pt", "val", seed)
+    heldout_latents = heldout_latents or _encoded_latents(tokenizer, config.heldout, out / "heldout.pt",
+                                                          "val", seed)
     held = torch.load(heldout_latents, weights_only=True)
     means, held_labels = held["latents"][:config.heldout], held["labels"][:config.heldout].long()  # (B, N, C)
     noisy = sigma_vae_sample(means, held.get("noise_std", 2.5), torch.Generator().manual_seed(seed))
 
     runs, strips_kept, fid = {}, {}, FidelityConfig(strips_per_class=config.strips_per_class, cfg=config.cfg,
                                                      batch_size=config.batch_size)
-    for n, cfg in train_configs(config, latents, out, seed).items():
+    recipes = train_configs(config, latents, out, seed)
+    for n, cfg in recipes.items():
         start = time.perf_counter()
         ckpt = read_checkpoint(train(cfg, device=device))
         trained = time.perf_counter()
@@ -167,7 +170,7 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
         curve = measure(strips_kept[n], real, crop * col, [o * col for o in offsets], col)
         runs[str(n)].update(curve=curve, summary=summarize(curve, offsets, crop, [config.multiple]))
     result = {"experiment": "shift", "seed": seed, "settings": config.to_dict(),
-              "train_config": {str(n): c.to_dict() for n, c in train_configs(config, latents, out, seed).items()},
+              "train_config": {str(n): c.to_dict() for n, c in recipes.items()},
               "latents": str(latents), "train_tokens": crop, "offsets_tokens": offsets, "runs": runs,
               "metric": "flow loss (held-out, paired noise); offline FD on EfficientNet-Lite0 features"}
     if keep_strips:
