@@ -62,8 +62,8 @@ class FidelityConfig(ConfigBase):
     PRESETS = {
         # CPU, ~5 min on one thread: 48 strips of 1024 tokens, 16 offsets, 768 generated crops.
         "cpu": {},
-        # A GPU: 30 Places classes x 50 strips of 64 x 16 tokens (256 x 16384 px), every offset,
-        # cfg as in the official long-image demo.
+        # A GPU: 30 Places classes x 50 strips of 64 x 16 tokens (256 x 16384 px), every offset;
+        # cfg 7.0 is the value minieq's API notes use for the official model (tune it per model).
         "paper": dict(strips_per_class=50, crops=64, cfg=7.0, batch_size=64),
     }
 
