@@ -185,3 +185,14 @@ def test_process_run_and_plot(pipe, tmp_path):
     assert all(0.5 < s < 2 for s in result["seam_score"]["long_per_class"])
     paths = process.write_result(tmp_path, "process", result, process.plot(result, *pictures))
     assert json.loads(paths["json"].read_text())["frame_steps"] == [2, 9, 16]
+
+
+def test_process_and_shift_commands_at_paper_scale(checkpoints, tmp_path, capsys):
+    tok, gen = checkpoints
+    result = process.main(["--scale", "paper", "--tokenizer", str(tok), "--generator", str(gen),
+                           "--out", str(tmp_path), "--device", "cpu"])
+    assert result["settings"]["panorama_multiple"] == 64 and result["seconds"]["panorama"]["tokens"] == 1024
+    assert (tmp_path / "process.png").is_file() and (tmp_path / "process.json").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        shift.main(["--scale", "paper", "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--latents, --heldout_latents and --tokenizer" in capsys.readouterr().err
