@@ -1,4 +1,5 @@
-"""Shared pytest fixtures: fixed seeds, the repository root, the parity-fixture folder."""
+"""Shared pytest fixtures: fixed seeds, the repository root, the parity-fixture folder, a micro
+pipeline for sampling tests."""
 import os
 from pathlib import Path
 
@@ -30,3 +31,24 @@ def parity_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"parity fixtures not found at {path} (set MINIEQ_PARITY_DIR)")
     return path
+
+
+MICRO_SCALE = 0.3  # latent scale of the micro pipeline
+
+
+@pytest.fixture(scope="module")
+def micro_pipe():
+    """An untrained tiny tokenizer + a 2-block generator whose flow head gives a real velocity
+    field (a fresh head outputs 0), for sampling and editing tests that need no trained model."""
+    from torch import nn
+
+    from minieq.generator import Generator, GeneratorConfig
+    from minieq.pipeline import Pipeline
+    from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    gen = Generator(GeneratorConfig.preset("tiny", embed_dim=32, depth=2, num_heads=2, head_width=32,
+                                           head_depth=1, num_sampling_steps=2))
+    for p in gen.head.parameters():
+        nn.init.normal_(p, std=0.2)
+    return Pipeline(ColumnTokenizer(TokenizerConfig.preset("tiny")), gen.eval(), MICRO_SCALE)

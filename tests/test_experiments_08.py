@@ -8,34 +8,22 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 from minieq.checkpoint import save_checkpoint
 from minieq.data import SynthScapes
 from minieq.experiments import long_fidelity, process, shift
-from minieq.generator import Generator, GeneratorConfig
-from minieq.pipeline import Pipeline
-from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 from minieq.train_generator import build_generator
 
-MICRO = dict(embed_dim=32, depth=2, num_heads=2, head_width=32, head_depth=1, num_sampling_steps=2)
-SCALE = 0.3
-
-
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    gen = Generator(GeneratorConfig.preset("tiny", **MICRO))
-    for p in gen.head.parameters():  # the fresh head outputs 0: give it a real velocity field
-        nn.init.normal_(p, std=0.2)
-    return Pipeline(ColumnTokenizer(TokenizerConfig.preset("tiny")), gen.eval(), SCALE)
+def pipe(micro_pipe):
+    return micro_pipe
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, pipe):
     folder = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(folder / "tok.pt", pipe.tokenizer)
-    save_checkpoint(folder / "gen.pt", pipe.generator, latent_scale=SCALE)
+    save_checkpoint(folder / "gen.pt", pipe.generator, latent_scale=pipe.latent_scale)
     return folder / "tok.pt", folder / "gen.pt"
 
 

@@ -5,23 +5,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
-from minieq.generator import Generator, GeneratorConfig
 from minieq.interactive import DROP_COLOUR, REDRAWN_COLOUR, StripEditor
-from minieq.pipeline import Pipeline
-from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
-
-MICRO = dict(embed_dim=32, depth=2, num_heads=2, head_width=32, head_depth=1, num_sampling_steps=2)
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    torch.manual_seed(0)
-    gen = Generator(GeneratorConfig.preset("tiny", **MICRO))
-    for p in gen.head.parameters():  # the fresh head outputs 0: give it a real velocity field
-        nn.init.normal_(p, std=0.2)
-    return Pipeline(ColumnTokenizer(TokenizerConfig.preset("tiny")), gen.eval(), 0.3)
+def pipe(micro_pipe):
+    return micro_pipe
 
 
 def test_growing_column_by_column_equals_one_call(pipe):
