@@ -108,6 +108,14 @@ def test_common_image_mistakes_raise_one_clear_error(tok):
         tok.encode((x + 1) * 127.5)  # float [0, 255]
     tok.encode((x + 1) / 2)  # [0, 1] cannot be told from a bright [-1, 1] image: accepted
     tok.encode(2.4 * x)  # an unclamped decoder output may be encoded again
+    tok.train()  # training mode: no value check (no device sync per step), the dtype check stays
+    try:
+        z = tok.encode((x + 1) * 127.5)  # [0, 255] floats pass unchecked in training mode
+        assert z.shape == (x.shape[0], x.shape[-1] // tok.config.column_width, tok.config.embed_dim)
+        with pytest.raises(ValueError, match="uint8.*127.5"):
+            tok.encode(((x + 1) * 127.5).to(torch.uint8))
+    finally:
+        tok.eval()
 
 
 @pytest.mark.parametrize("change, message", [
