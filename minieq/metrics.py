@@ -132,6 +132,17 @@ def _columns(x: torch.Tensor, column_width: int) -> torch.Tensor:
     return rearrange(_column_view(x, column_width), "b c h n cw -> (b n) (c h cw)")
 
 
+def pca_basis(rows: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and the ``dims`` leading principal directions (dims, D), leading first, of
+    ``rows`` (M, D): eigenvectors of the D×D covariance (float64) instead of an SVD of M×D."""
+    if dims > min(rows.shape):
+        raise ValueError(f"dims={dims} needs at least {dims} blocks of at least {dims} values")
+    mean = rows.mean(dim=0)  # (D,)
+    centred = rows - mean
+    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    return mean, vectors[:, -dims:].flip(1).T
+
+
 class ColumnPCA:
     """The best *linear* column tokenizer: each strip → ``dims`` numbers → strip, fitted by PCA.
 
@@ -143,15 +154,8 @@ class ColumnPCA:
     """
 
     def __init__(self, train_images: torch.Tensor, column_width: int, dims: int):
-        strips = _columns(train_images.double(), column_width)  # (M, D)
-        if dims > min(strips.shape):
-            raise ValueError(f"dims={dims} needs at least {dims} strips of at least {dims} values")
         self.column_width = column_width
-        self.mean = strips.mean(dim=0)  # (D,)
-        centred = strips - self.mean
-        # Eigenvectors of the D×D covariance (float64) instead of an SVD of the M×D strips.
-        _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-        self.basis = vectors[:, -dims:].T  # (dims, D): the leading principal directions
+        self.mean, self.basis = pca_basis(_columns(train_images.double(), column_width), dims)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Encode and decode ``x`` (B, 3, H, W) through ``dims`` numbers per column."""

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
+from minieq.metrics import pca_basis
+
 LAYOUTS = ("column", "grid")
 
 
@@ -48,14 +50,8 @@ class PCACodec:
             raise ValueError(f"a {h}x{w} image does not split into {layout} blocks of {block} pixels")
         self.layout, self.block, self.height, self.rows = layout, block, h, rows
         blocks = self._blocks(images.double())  # (M·N, D)
-        if dims > min(blocks.shape):
-            raise ValueError(f"dims={dims} needs at least {dims} blocks of at least {dims} values")
-        self.mean = blocks.mean(dim=0)  # (D,)
-        centred = blocks - self.mean
-        # Eigenvectors of the D x D covariance (float64); eigh sorts eigenvalues ascending.
-        _, vectors = torch.linalg.eigh(centred.T @ centred)
-        self.basis = vectors[:, -dims:].flip(1).T  # (C, D), the leading direction first
-        self.coef_std = float((centred @ self.basis.T).std())
+        self.mean, self.basis = pca_basis(blocks, dims)  # (D,), (C, D)
+        self.coef_std = float(((blocks - self.mean) @ self.basis.T).std())
 
     def _blocks(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B·N, D): one row per token block, tokens in raster order."""

@@ -21,7 +21,7 @@ from typing import Callable
 import torch
 
 from minieq.analysis import per_position_loss
-from minieq.checkpoint import load_checkpoint, read_checkpoint
+from minieq.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint
 from minieq.data import SynthScapes
 from minieq.experiments.pca_codec import PCACodec
 from minieq.generator import FAST_SIZES
@@ -83,8 +83,9 @@ def pca_latents(layout: str, centered: bool = False, num_images: int = 4096, val
 def course_latents(path: str | Path | None = None, num_images: int = 1024, val_images: int = 256,
                    seed: int = 0, device: torch.device | None = None) -> Latents:
     """Tokens of the shipped course tokenizer: training rows from the course latent file ``path``
-    (e.g. /work/course_runs/generator/latents.pt) or, without it, ``num_images`` stationary
-    SynthScapes images + flips encoded here; held-out rows are always val-split images encoded here."""
+    (e.g. the ``latents.pt`` of a ``python -m minieq.pretrained generator`` run) or, without it,
+    ``num_images`` stationary SynthScapes images + flips encoded here; held-out rows are always
+    val-split images encoded here."""
     from minieq.data import LatentDataset
     from minieq.pretrained import pretrained_tokenizer
 
@@ -182,8 +183,8 @@ def train_on_latents(latents: Latents, out: str | Path, scale: Scale, *, steps: 
     steps = steps or scale.steps
     data_file = Path(latents.train_file) if latents.train_file else out / "latents.pt"
     if latents.train_file is None:
-        torch.save({"latents": latents.train.float().contiguous(), "labels": latents.train_labels,
-                    "noise_std": latents.noise_std, "num_classes": latents.num_classes}, data_file)
+        atomic_torch_save({"latents": latents.train.float().contiguous(), "labels": latents.train_labels,
+                           "noise_std": latents.noise_std, "num_classes": latents.num_classes}, data_file)
     cfg = GeneratorTrainConfig.preset(
         scale.train_preset, model=scale.model, latents=str(data_file), out=str(out), max_steps=steps,
         global_batch=scale.global_batch, num_workers=0, seed=seed, save_every=steps,
