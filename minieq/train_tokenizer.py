@@ -73,6 +73,7 @@ class TokenizerTrainConfig(ConfigBase):
     ema_warmup: bool = True  # decay min(ema_decay, (1+n)/(10+n)), as LitEma
     grad_clip: float = 1.0  # official: not configured; 0 = off
     stage: int = 1
+    sample: bool = True  # decode σ-VAE draws (paper, official); False: the posterior mean
     init: Optional[str] = None  # stage 2: the stage-1 checkpoint
     seed: int = 23
     amp: bool = True  # bf16 autocast on CUDA (the DINO disc / DiffAug / losses stay fp32)
@@ -121,6 +122,18 @@ class TokenizerTrainConfig(ConfigBase):
         lr=4e-4, warmup=1000, lr_decay_every=12_500, lr_decay=0.5, ema_decay=0.999,
         log_every=100, image_every=2500, ckpt_every=2500)}
 
+    # Texture for the course tokenizer (paper Table 5 "+ decoder finetune", Sec. 4.1): stage 2 from
+    # the shipped stage-1 tokenizer, encoder frozen, so its latents and the course generator
+    # stay valid. L1 + the offline perceptual stand-in (minieq.perceptual, Lite1 features at the
+    # images' own scale) + a PatchGAN whose two stride-2 layers see 34 px, about the image
+    # height: a deeper one looks at whole images and learns layout, not texture.
+    PRESETS["course_texture"] = {**PRESETS["course"], **dict(
+        stage=2, init="minieq/weights/course_tokenizer.pt", steps=3000, lr=1e-4, warmup=100,
+        lr_decay_every=10_000, lr_decay=0.5, image_every=250, ckpt_every=250,
+        loss=dict(lpips_weight=0.1, perceptual="lite1", perceptual_upsample=1, disc_type="patchgan",
+                  patchgan_layers=2, disc_weight=1.0, disc_start=0, semantic_weight=0.0,
+                  reduction="mean"))}
+
     HELP = {
         "tokenizer": "TokenizerConfig preset: tiny (CPU), course_gpu (one GPU) or paper",
         "data": "synthscapes (rendered, offline), imagenet, places30 or lhq",
@@ -138,6 +151,7 @@ class TokenizerTrainConfig(ConfigBase):
         "ema_warmup": "EMA decay min(ema_decay, (1+n)/(10+n)) early on, as LitEma",
         "grad_clip": "gradient-norm clip (0 = off)",
         "stage": "1: whole tokenizer; 2: decoder fine-tuning from --init (Table 5)",
+        "sample": "decode sigma-VAE draws in training (paper); false: the posterior mean, as at inference",
         "init": "stage 2: the stage-1 checkpoint.pt",
         "seed": "seed of data order, augmentation and initialisation",
         "amp": "bf16 autocast on CUDA (ignored on CPU)",
@@ -282,7 +296,7 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
             for group in opt.param_groups:
                 group["lr"] = lr
         with autocast(device, enabled=cfg.amp):
-            out_ = model(x, sample=True, semantic=loss_fn.semantic_active(step))
+            out_ = model(x, sample=cfg.sample, semantic=loss_fn.semantic_active(step))
         logs = loss_fn.generator_loss(x, out_, step, tok.last_layer_weight)
         check_finite({"ae_loss": logs["loss"].detach()}, step, ckpt_path if ckpt_path.exists() else None)
         optimizers["ae"].zero_grad(set_to_none=True)
