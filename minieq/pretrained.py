@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -95,7 +96,8 @@ def _train_tokenizer(out: Path, steps: int | None) -> Path:
 
 def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:
     """Cache the latents of the tokenizer's own training images (with flips), then train."""
-    cfg = GeneratorTrainConfig.preset("pretrained", tokenizer=str(tokenizer_file),
+    # Relative paths: the recipe is stored in the shipped file, which must not name this machine.
+    cfg = GeneratorTrainConfig.preset("pretrained", tokenizer=os.path.relpath(tokenizer_file),
                                       latents=str(out / "latents.pt"),
                                       **({"steps": steps} if steps else {}))
     tok_ckpt = read_checkpoint(tokenizer_file)

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from minieq import pretrained as shipped  # module attributes: a test points them elsewhere
 from minieq.analysis import seam_score
 from minieq.checkpoint import CheckpointError, read_checkpoint
 from minieq.course import scratch_generator, scratch_latents, scratch_tokenizer
@@ -40,7 +41,6 @@ from minieq.flow import SOLVERS
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.metrics import baseline_reconstructions, frechet_distance, image_features, kid, psnr
 from minieq.pipeline import Pipeline
-from minieq.pretrained import TOKENIZER_FILE, pretrained_generator, pretrained_tokenizer
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.utils import pick_device, seed_everything
 from minieq.viz import (frames_strip, labelled_stack, panorama, reconstruction_grid, regeneration_picture,
@@ -182,8 +182,8 @@ def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: 
 def load_pretrained(device) -> tuple | None:
     """``(tokenizer, generator, latent_scale)`` shipped with minieq, or None (reason printed)."""
     try:
-        tok = pretrained_tokenizer(device)
-        gen, scale = pretrained_generator(device)
+        tok = shipped.pretrained_tokenizer(device)
+        gen, scale = shipped.pretrained_generator(device)
     except CheckpointError as err:
         print(f"[pretrained] not available, showing the from-scratch models only: {err}")
         return None
@@ -234,7 +234,7 @@ def main(argv=None) -> dict:
     pretrained = stage("pretrained", lambda: load_pretrained(device))
     labels, tokenizers, pipes = {}, {}, {}
     if pretrained is not None:
-        steps = read_checkpoint(TOKENIZER_FILE)["step"]
+        steps = read_checkpoint(shipped.TOKENIZER_FILE)["step"]
         labels["pretrained"] = f"pretrained course model (shipped; tokenizer trained {steps} steps, hours on a CPU)"
         tokenizers["pretrained"] = pretrained[0]
         pipes["pretrained"] = Pipeline(*pretrained)

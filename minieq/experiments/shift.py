@@ -171,7 +171,7 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
         curve = measure(strips_kept[n], real, crop * col, [o * col for o in offsets], col)
         runs[str(n)].update(curve=curve, summary=summarize(curve, offsets, crop, [config.multiple]))
     result = {"experiment": "shift", "seed": seed, "settings": config.to_dict(),
-              "train_config": {str(n): c.to_dict() for n, c in recipes.items()},
+              "train_config": {str(n): c.to_dict() for n, (c, _) in recipes.items()},
               "latents": str(latents), "train_tokens": crop, "offsets_tokens": offsets, "runs": runs,
               "metric": "flow loss (held-out, paired noise); offline FD on EfficientNet-Lite0 features"}
     if keep_strips:
