@@ -75,7 +75,8 @@ def token_columns(width: int, column_width: int) -> int:
     """
     if width % column_width or width < 2 * column_width:
         raise ValueError(f"image width {width} must be a multiple of the column width {column_width} "
-                         f"px and at least {2 * column_width} px (2 token columns, the tokenizer's minimum)")
+                         f"px and at least {2 * column_width} px (two tokens, the tokenizer's minimum for its reflect "
+                         "padding)")
     return width // column_width
 
 
