@@ -16,7 +16,8 @@ from minieq.metrics import psnr, ssim
 # --- generator (generator.py, flow.py, attention.py, official_generator.py) ---
 from minieq.generator import Generator, GeneratorConfig
 from minieq.official_generator import load_official_generator
-# --- pipeline (pipeline.py) ---
-from minieq.pipeline import Pipeline, compute_latent_scale
+# --- pipeline (pipeline.py; the generator's training length and latent scale: generator_data.py) ---
+from minieq.pipeline import Pipeline
+from minieq.generator_data import TRAIN_TOKENS, compute_latent_scale
 
 __version__ = "0.1.0"

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from minieq.checkpoint import atomic_torch_save, load_checkpoint
 from minieq.cli import parser_for, user_errors
+from minieq.data import DATASETS, build_dataset, dataset_names
 from minieq.logger import progress
 from minieq.utils import pick_device
 
@@ -60,8 +61,6 @@ def cache_latents(tokenizer, dataset: Dataset, path: str | os.PathLike, flips: b
 
 
 def _dataset(args: argparse.Namespace, tok_config):
-    from minieq.data import build_dataset
-
     # Centre crops (train=False): the flips are added explicitly as extra rows.
     return build_dataset(args.data, args.data_path, split=args.split, height=tok_config.image_height,
                          width=args.width, num_images=args.num_images, seed=args.seed, train=False)
@@ -72,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = parser_for("cache_latents", __doc__)
     parser.add_argument("--tokenizer", required=True,
                         help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt)")
-    parser.add_argument("--data", default="synthscapes",
-                        help="synthscapes, imagenet, places30 or lhq (default: synthscapes)")
+    parser.add_argument("--data", default="synthscapes", choices=DATASETS,
+                        help=f"{dataset_names()} (default: synthscapes)")
     parser.add_argument("--data_path", default=None, help="root folder of a real data set")
     parser.add_argument("--split", default="train", help="data split (default: train)")
     parser.add_argument("--num_images", type=int, default=4096, help="SynthScapes only (default: 4096)")

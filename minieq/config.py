@@ -21,6 +21,10 @@ class ConfigBase:
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
     HELP: ClassVar[dict[str, str]] = {}  # field -> command-line help (minieq.cli shows it)
+    # Fields renamed since files were written: old name -> new name, or None for a field that is
+    # gone. Checkpoints store their config as a dict, so this table is the one place that lets
+    # an old file load; from_dict applies it.
+    RENAMED: ClassVar[dict[str, str | None]] = {}
 
     @classmethod
     def preset(cls, name: str, /, **overrides: Any):  # positional-only: a field may be called "name"
@@ -34,7 +38,18 @@ class ConfigBase:
         return _plain(dataclasses.asdict(self))
 
     @classmethod
+    def upgrade(cls, d: dict[str, Any]) -> dict[str, Any]:
+        """``d`` with the old field names of :attr:`RENAMED` replaced (and removed fields dropped)."""
+        out = {}
+        for key, value in d.items():
+            new = cls.RENAMED.get(key, key)
+            if new is not None:
+                out[new] = value
+        return out
+
+    @classmethod
     def from_dict(cls, d: dict[str, Any]):
+        d = cls.upgrade(d)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
@@ -52,6 +67,19 @@ class ConfigBase:
         return dataclasses.replace(self, **changes)
 
 
+def token_columns(width: int, column_width: int) -> int:
+    """The number of token columns of an image ``width`` px wide: the one width rule of minieq.
+
+    The width must be a multiple of the column width and hold at least two columns (the
+    tokenizer's reflect padding needs two); anything else raises ``ValueError``.
+    """
+    if width % column_width or width < 2 * column_width:
+        raise ValueError(f"image width {width} must be a multiple of the column width {column_width} "
+                         f"px and at least {2 * column_width} px (two tokens, the tokenizer's minimum for its reflect "
+                         "padding)")
+    return width // column_width
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
@@ -61,17 +89,16 @@ def _plain(value: Any) -> Any:
 
 
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str = "",
-                       shown: Any = None, flags: dict[str, str] | None = None,
-                       skip: tuple[str, ...] = ()) -> None:
+                       shown: Any = None, skip: tuple[str, ...] = ()) -> None:
     """Add one ``--field`` flag per scalar/list field of a config dataclass (default: None).
 
     Flags left at None keep the preset's value, so a command line reads as "preset + overrides".
     Each flag's help is ``cls.HELP[field]`` plus the value in ``shown`` (the preset's config);
-    ``flags`` renames a field's flag (the old spelling stays accepted, hidden from ``--help``)
-    and fields in ``skip`` get no flag.
+    a renamed field's old name (``cls.RENAMED``) stays accepted as a flag, hidden from
+    ``--help``, and fields in ``skip`` get no flag.
     """
     hints = typing.get_type_hints(cls)
-    flags = flags or {}
+    old_names = {new: old for old, new in cls.RENAMED.items() if new is not None}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
@@ -99,10 +126,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type, prefix: str =
         text = cls.HELP.get(f.name, f.name.replace("_", " "))
         if shown is not None:
             text += f" (default: {getattr(shown, f.name)!r})"
-        flag = f"--{prefix}{flags.get(f.name, f.name)}"
-        parser.add_argument(flag, help=text.replace("%", "%%"), **options)
-        if f.name in flags:
-            parser.add_argument(f"--{prefix}{f.name}", help=argparse.SUPPRESS, **options)
+        parser.add_argument(f"--{prefix}{f.name}", help=text.replace("%", "%%"), **options)
+        if f.name in old_names:
+            parser.add_argument(f"--{prefix}{old_names[f.name]}", help=argparse.SUPPRESS, **options)
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type, prefix: str = "",

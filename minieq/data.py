@@ -23,12 +23,13 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from minieq.checkpoint import CheckpointError, safe_torch_load
+from minieq.config import token_columns
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 
 __all__ = ["SYNTHSCAPES_CLASSES", "render_synthscapes", "SynthScapes", "ImageFiles", "imagenet",
            "places30", "lhq", "image_transform", "load_rgb", "scan_image_folder", "read_index",
            "places30_classes", "PLACES30_CLASSES_FILE", "LatentDataset",
-           "check_image_size"]
+           "check_image_size", "DATASETS", "dataset_names", "build_dataset"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 PLACES30_CLASSES_FILE = Path(__file__).resolve().parent / "places30_classes.txt"
@@ -240,7 +241,15 @@ def lhq(root: str | os.PathLike, split: str = "train", resolution: int = 256,
     return ImageFiles(root, files, labels, classes, resolution, split == "train" if train is None else train)
 
 
-DATASETS = ("synthscapes", "imagenet", "places30", "lhq")
+# The one registry of data-set names (--data of every tool): the real image folders and their
+# builders; SynthScapes is rendered, so it needs no folder and comes first.
+IMAGE_FOLDERS = {"imagenet": imagenet, "places30": places30, "lhq": lhq}
+DATASETS = ("synthscapes", *IMAGE_FOLDERS)
+
+
+def dataset_names(last: str = "or") -> str:
+    """The registered names as prose for help texts: "synthscapes, imagenet, places30 or lhq"."""
+    return f"{', '.join(DATASETS[:-1])} {last} {DATASETS[-1]}"
 
 
 def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
@@ -254,12 +263,11 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     """
     if name == "synthscapes":
         return SynthScapes(num_images, height=height, width=width or height, seed=seed, split=split)
-    builders = {"imagenet": imagenet, "places30": places30, "lhq": lhq}
-    if name not in builders:
+    if name not in IMAGE_FOLDERS:
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not root:
         raise ValueError(f"data set {name!r} needs its root folder (--data_path)")
-    return builders[name](root, split=split, resolution=height, train=train)
+    return IMAGE_FOLDERS[name](root, split=split, resolution=height, train=train)
 
 
 class LatentDataset(Dataset):
@@ -300,6 +308,4 @@ def check_image_size(images: Tensor, height: int, column_width: int) -> None:
     h, w = images.shape[-2:]
     if h != height:
         raise ValueError(f"image height {h} does not match the tokenizer's image height {height}")
-    if w < 2 * column_width or w % column_width:
-        raise ValueError(f"image width {w} must be a multiple of the column width {column_width} "
-                         f"and at least {2 * column_width} (2 token columns, the tokenizer's minimum)")
+    token_columns(w, column_width)

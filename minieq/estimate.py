@@ -19,7 +19,6 @@ from typing import Callable, NamedTuple
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from minieq import course
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 from minieq.train_generator import GeneratorTrainConfig, build_generator
 from minieq.train_tokenizer import TokenizerTrainConfig, set_trainable
@@ -87,26 +86,25 @@ def estimate_generator(cfg: GeneratorTrainConfig, token_dim: int, num_classes: i
     """One step of ``train_generator.train``: ``Generator.loss`` over the global batch, backward.
 
     :param token_dim: the tokenizer's channels.
-    :param num_samples: rows of the training set; with ``max_steps`` unset they set the steps.
+    :param num_samples: rows of the training set; with ``steps`` unset they set the steps.
     :param num_tokens: tokens per training sequence (16 in the course and in the paper).
     """
     with torch.device("meta"):
         gen = build_generator(cfg, num_classes, token_dim).train()
-        tokens = torch.zeros(cfg.global_batch, num_tokens, token_dim)
+        tokens = torch.zeros(cfg.batch_size, num_tokens, token_dim)
     # Outside the meta context: the RoPE shift is drawn as a CPU number. Labels None (the null
     # class), since checking their range needs values; an embedding lookup costs no FLOPs.
     flops = count_flops(lambda: gen.loss(tokens, None).backward())
-    steps = cfg.max_steps or math.ceil(cfg.epochs * (num_samples // cfg.global_batch))  # as train()
-    return Estimate(run, count_parameters(gen), cfg.global_batch, flops, steps)
+    steps = cfg.steps or math.ceil(cfg.epochs * (num_samples // cfg.batch_size))  # as train()
+    return Estimate(run, count_parameters(gen), cfg.batch_size, flops, steps)
 
 
 def course_estimates() -> list[Estimate]:
-    """Tokenizer and generator runs: the course's FAST CPU recipe, the tiny and course presets,
-    course_gpu (full mode, one GPU) and, for scale, the paper (its 8 GPUs' hours summed)."""
-    tok_runs = {"FAST (CPU)": course.tiny_tokenizer_config(fast=True)}
-    tok_runs.update({name: TokenizerTrainConfig.preset(name) for name in TokenizerTrainConfig.PRESETS})
-    gen_runs = {"FAST (CPU)": course.generator_config(fast=True)}
-    gen_runs.update({name: GeneratorTrainConfig.preset(name) for name in ("tiny", "course_gpu", "paper")})
+    """Tokenizer and generator runs of every trainer preset: fast (the course's FAST CPU
+    recipe), tiny, pretrained, course_gpu (full mode, one GPU) and, for scale, the paper (its 8
+    GPUs' hours summed). The two trainers share their preset names."""
+    tok_runs = {name: TokenizerTrainConfig.preset(name) for name in TokenizerTrainConfig.PRESETS}
+    gen_runs = {name: GeneratorTrainConfig.preset(name) for name in GeneratorTrainConfig.PRESETS}
     toks = [estimate_tokenizer(cfg, f"tokenizer {name}") for name, cfg in tok_runs.items()]
     gens = []
     for name, cfg in gen_runs.items():  # each on the latents of the tokenizer run of its name

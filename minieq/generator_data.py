@@ -1,7 +1,9 @@
-"""What the generator trainer feeds on: posterior means + labels, and their σ-VAE noise.
+"""What the generator trainer feeds on: posterior means + labels, their σ-VAE noise and scale.
 
-:class:`TrainingData` reads a cached latent file or encodes images with a tokenizer on the fly
-(as the official script does); :func:`global_sigma_noise` draws the σ-VAE noise of a global
+:data:`TRAIN_TOKENS` is the training length; :func:`compute_latent_scale` the factor that gives
+the training tokens unit std (stored in every generator checkpoint). :class:`TrainingData`
+reads a cached latent file or encodes images with a tokenizer on the fly (as the official
+script does); :func:`global_sigma_noise` draws the σ-VAE noise of a global
 batch so that it does not depend on the number of GPUs; :func:`step_seed` makes every step's
 randomness a pure function of (seed, step, rank).
 """
@@ -13,9 +15,52 @@ import torch
 
 from minieq import dist
 from minieq.checkpoint import load_checkpoint
-from minieq.pipeline import TRAIN_TOKENS
+from minieq.data import LatentDataset, build_dataset
 from minieq.tokenizer import sigma_vae_sample
 from minieq.training import batches_from
+
+# The paper's training length (Table 8: 256 px / 16 px columns), used by the trainers when
+# encoding images on the fly. A generator checkpoint stores its own (``train_tokens``); files
+# written before it did fall back to this value.
+TRAIN_TOKENS = 16
+
+
+@torch.no_grad()
+def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples: int = 4096,
+                         seed: int = 0) -> float:
+    """The factor that gives the generator's training tokens unit standard deviation.
+
+    The generator is trained on σ-VAE *samples* (posterior mean + noise), not on the means
+    (reference-spec §3.8), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
+    every element of up to ``max_samples`` latents. The official constant 0.05493 is meant to do
+    the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
+
+    :param latents_or_dataset: posterior means, a (M, N, C) tensor, or a data set whose items are
+        ``(latent, label)`` pairs (e.g. :class:`minieq.data.LatentDataset`).
+    :param noise_std: the σ-VAE noise bound (2.5 in the paper's tokenizer).
+    :param max_samples: use a seeded random subset of at most this many latents.
+    :param seed: seed of the subset choice and of the σ-VAE noise.
+    :return: the latent scale as a Python float.
+    """
+    g = torch.Generator().manual_seed(seed)
+    if isinstance(latents_or_dataset, torch.Tensor):
+        means = latents_or_dataset
+        if means.dim() != 3:
+            raise ValueError(f"latents must be (M, N, C) posterior means, got shape {tuple(means.shape)}")
+        if len(means) > max_samples:
+            means = means[torch.randperm(len(means), generator=g)[:max_samples]]
+    else:
+        n = len(latents_or_dataset)
+        index = torch.randperm(n, generator=g)[:max_samples].tolist() if n > max_samples else range(n)
+        means = torch.stack([torch.as_tensor(latents_or_dataset[i][0]) for i in index])  # (M, N, C)
+    if means.numel() == 0:
+        raise ValueError("cannot compute a latent scale from an empty set of latents")
+    means = means.float().cpu()
+    noisy = sigma_vae_sample(means, std=noise_std, generator=g)
+    std = float(noisy.std())
+    if not std > 0:  # also catches NaN
+        raise ValueError(f"latents have standard deviation {std}; cannot normalise them")
+    return 1.0 / std
 
 
 def step_seed(*parts) -> int:
@@ -31,15 +76,13 @@ class TrainingData:
     """
 
     def __init__(self, cfg, device: torch.device):
-        from minieq import data as mdata
-
         self.device = device
         self.tokenizer = None
         if cfg.tokenizer is not None:
             self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device,
                                              expect="ColumnTokenizer").requires_grad_(False)
         if cfg.latents is not None:
-            self.dataset = mdata.LatentDataset(cfg.latents)
+            self.dataset = LatentDataset(cfg.latents)
         elif self.tokenizer is not None:
             self.dataset = image_dataset(cfg, self.tokenizer.config)
         else:
@@ -73,8 +116,6 @@ class TrainingData:
 
 def image_dataset(cfg, tok_cfg):
     """The images to encode on the fly: TRAIN_TOKENS columns wide (256 × 256 at paper size)."""
-    from minieq.data import build_dataset
-
     return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
                          width=TRAIN_TOKENS * tok_cfg.column_width, num_images=cfg.synth_images,
                          seed=cfg.seed)

@@ -18,7 +18,6 @@ from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 
 from minieq.backbones import VGG16_FILE, build_lpips, find_pretrained, missing_message
 from minieq.efficientnet_lite import INPUT_SIZE, load_efficientnet_lite0, preprocess
@@ -125,46 +124,6 @@ def _column_view(x: torch.Tensor, column_width: int) -> torch.Tensor:
     if w % column_width:
         raise ValueError(f"width {w} is not a multiple of column_width {column_width}")
     return x.reshape(b, c, h, w // column_width, column_width)
-
-
-def _columns(x: torch.Tensor, column_width: int) -> torch.Tensor:
-    """(B, 3, H, W) -> (B·W/cw, 3·H·cw): one row per column strip, as a tokenizer sees it."""
-    return rearrange(_column_view(x, column_width), "b c h n cw -> (b n) (c h cw)")
-
-
-def pca_basis(rows: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and the ``dims`` leading principal directions (dims, D), leading first, of
-    ``rows`` (M, D): eigenvectors of the D×D covariance (float64) instead of an SVD of M×D."""
-    if dims > min(rows.shape):
-        raise ValueError(f"dims={dims} needs at least {dims} blocks of at least {dims} values")
-    mean = rows.mean(dim=0)  # (D,)
-    centred = rows - mean
-    _, vectors = torch.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-    return mean, vectors[:, -dims:].flip(1).T
-
-
-class ColumnPCA:
-    """The best *linear* column tokenizer: each strip → ``dims`` numbers → strip, fitted by PCA.
-
-    With ``dims`` = the tokenizer's token channels it has the same budget as the tokenizer, so it
-    is the reference a trained (non-linear) tokenizer should beat; it needs no training steps,
-    only the principal components of the training strips: one eigendecomposition of a D×D
-    covariance, D = 3·H·column_width (tiny: 768, < 1 s on a CPU; paper: 12 288, a 1.2 GB float64
-    matrix).
-    """
-
-    def __init__(self, train_images: torch.Tensor, column_width: int, dims: int):
-        self.column_width = column_width
-        self.mean, self.basis = pca_basis(_columns(train_images.double(), column_width), dims)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode and decode ``x`` (B, 3, H, W) through ``dims`` numbers per column."""
-        b, c, h, _ = x.shape
-        strips = _columns(x.double(), self.column_width) - self.mean  # (B·W/cw, D)
-        recon = strips @ self.basis.T @ self.basis + self.mean
-        # (B·W/cw, 3·H·cw) -> (B, 3, H, W): the strips back in place
-        recon = rearrange(recon, "(b n) (c h cw) -> b c h (n cw)", b=b, c=c, h=h)
-        return recon.to(x.dtype)
 
 
 def reconstruction_metrics(x: torch.Tensor, recon: torch.Tensor, vgg_path=None) -> dict[str, float]:

@@ -2,8 +2,8 @@
 
 The generator works in a normalised latent space, ``tokens = σ-VAE sample × latent_scale``
 (reference-spec §3.8). The official code passes the scale as a magic CLI number
-(``--vae_norm 0.05493``); here :func:`compute_latent_scale` derives it from data and every
-generator checkpoint stores it, so a :class:`Pipeline` never needs it from the user.
+(``--vae_norm 0.05493``); here :func:`minieq.generator_data.compute_latent_scale` derives it
+from data and every generator checkpoint stores it, so a :class:`Pipeline` never needs it from the user.
 
 Legend: B batch, N tokens (= columns), C token channels, H/W image height/width.
 """
@@ -16,59 +16,17 @@ import torch
 from torch import nn
 
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
-from minieq.tokenizer import sigma_vae_sample
-
-# The paper's training length (Table 8: 256 px / 16 px columns), used by the trainers when
-# encoding images on the fly. A generator checkpoint stores its own (``train_tokens``); files
-# written before it did fall back to this value.
-TRAIN_TOKENS = 16
-
-
-@torch.no_grad()
-def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples: int = 4096,
-                         seed: int = 0) -> float:
-    """The factor that gives the generator's training tokens unit standard deviation.
-
-    The generator is trained on σ-VAE *samples* (posterior mean + noise), not on the means
-    (reference-spec §3.8), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
-    every element of up to ``max_samples`` latents. The official constant 0.05493 is meant to do
-    the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
-
-    :param latents_or_dataset: posterior means, a (M, N, C) tensor, or a data set whose items are
-        ``(latent, label)`` pairs (e.g. :class:`minieq.data.LatentDataset`).
-    :param noise_std: the σ-VAE noise bound (2.5 in the paper's tokenizer).
-    :param max_samples: use a seeded random subset of at most this many latents.
-    :param seed: seed of the subset choice and of the σ-VAE noise.
-    :return: the latent scale as a Python float.
-    """
-    g = torch.Generator().manual_seed(seed)
-    if isinstance(latents_or_dataset, torch.Tensor):
-        means = latents_or_dataset
-        if means.dim() != 3:
-            raise ValueError(f"latents must be (M, N, C) posterior means, got shape {tuple(means.shape)}")
-        if len(means) > max_samples:
-            means = means[torch.randperm(len(means), generator=g)[:max_samples]]
-    else:
-        n = len(latents_or_dataset)
-        index = torch.randperm(n, generator=g)[:max_samples].tolist() if n > max_samples else range(n)
-        means = torch.stack([torch.as_tensor(latents_or_dataset[i][0]) for i in index])  # (M, N, C)
-    if means.numel() == 0:
-        raise ValueError("cannot compute a latent scale from an empty set of latents")
-    means = means.float().cpu()
-    noisy = sigma_vae_sample(means, std=noise_std, generator=g)
-    std = float(noisy.std())
-    if not std > 0:  # also catches NaN
-        raise ValueError(f"latents have standard deviation {std}; cannot normalise them")
-    return 1.0 / std
-
+from minieq.config import token_columns
+from minieq.generator_data import TRAIN_TOKENS
 
 class Pipeline:
     """Class-conditional image generation with a column tokenizer and an AR generator.
 
     ``latent_scale`` maps tokenizer latents into the generator's space (tokens × scale); it
-    comes from :func:`compute_latent_scale` or from the generator checkpoint. ``train_tokens``
-    is the generator's training length, the default width of :meth:`generate` (from the
-    checkpoint too; :data:`TRAIN_TOKENS` if unknown).
+    comes from :func:`minieq.generator_data.compute_latent_scale` or from the generator
+    checkpoint. ``train_tokens`` is the generator's training length, the default width of
+    :meth:`generate` (from the checkpoint too; :data:`minieq.generator_data.TRAIN_TOKENS` if
+    unknown).
     """
 
     def __init__(self, tokenizer: nn.Module, generator: nn.Module, latent_scale: float,
@@ -122,12 +80,7 @@ class Pipeline:
 
     def num_tokens(self, width: int) -> int:
         """Tokens for an image ``width`` px wide (a multiple of the column width, ≥ 2 columns)."""
-        col = self.column_width
-        if width % col or width // col < 2:
-            raise ValueError(
-                f"width must be a multiple of the column width {col} px and at least {2 * col} px "
-                f"(2 token columns, the tokenizer's minimum), got {width}")
-        return width // col * self.rows
+        return token_columns(width, self.column_width) * self.rows
 
     def _labels(self, labels) -> torch.Tensor:
         labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)  # (B,)

@@ -19,24 +19,28 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from minieq.cache_latents import cache_latents
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from minieq.cli import parser_for, user_errors
-from minieq.pipeline import TRAIN_TOKENS
+from minieq.data import SynthScapes
+from minieq.evaluation import evaluate_tokenizer
+from minieq.generator_data import TRAIN_TOKENS
+from minieq.train_generator import GeneratorTrainConfig
+from minieq.train_generator import train as train_generator
+from minieq.train_tokenizer import TokenizerTrainConfig
+from minieq.train_tokenizer import train as train_tokenizer
 from minieq.utils import pick_device
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
 TOKENIZER_FILE = PACKAGE_DIR / "course_tokenizer.pt"
 GENERATOR_FILE = PACKAGE_DIR / "course_generator.pt"
-# Held-out SynthScapes images for the recorded numbers: the val split (disjoint from every
-# training set), 16 tokens wide like the training images, a fixed seed.
-HELDOUT_IMAGES = 256
-HELDOUT_SEED = 0
 
 
 def _shipped(path: Path) -> Path:
@@ -63,30 +67,6 @@ def pretrained_generator(device: str | torch.device | None = None) -> tuple[nn.M
     return load_checkpoint(path, map_location=device).float().eval(), scale
 
 
-def heldout_images(height: int, width: int, num_images: int = HELDOUT_IMAGES,
-                   seed: int = HELDOUT_SEED) -> torch.Tensor:
-    """(num_images, 3, height, width) held-out SynthScapes renders, 8-bit rounded like the data."""
-    from minieq.data import SynthScapes
-
-    val = SynthScapes(num_images, height=height, width=width, seed=seed, split="val")
-    return torch.stack([val[i][0] for i in range(num_images)])
-
-
-@torch.no_grad()
-def evaluate_tokenizer(tokenizer: nn.Module, num_images: int = HELDOUT_IMAGES,
-                       seed: int = HELDOUT_SEED, batch_size: int = 64) -> dict:
-    """Held-out PSNR / SSIM of posterior-mean reconstructions, computed in float32 on the CPU
-    (deterministic, so a test can recompute the recorded value to 0.05 dB)."""
-    from minieq.metrics import psnr, ssim
-
-    tokenizer = tokenizer.float().cpu().eval()
-    cfg = tokenizer.config
-    x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images, seed)
-    recon = torch.cat([tokenizer.decode(tokenizer.encode(b)).clamp(-1, 1) for b in x.split(batch_size)])
-    return {"psnr_db": round(float(psnr(x, recon).mean()), 4), "ssim": round(float(ssim(x, recon).mean()), 4),
-            "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
-
-
 def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -> dict:
     """Write the EMA weights of a finished run in half precision to ``out`` with its recipe.
 
@@ -109,22 +89,17 @@ def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -
 
 
 def _train_tokenizer(out: Path, steps: int | None) -> Path:
-    from minieq.train_tokenizer import TokenizerTrainConfig, train
-
     overrides = {"steps": steps} if steps else {}
-    cfg = TokenizerTrainConfig.preset("course", **overrides)
-    return train(cfg, out, device=pick_device())  # resumes from out/checkpoint.pt if it exists
+    cfg = TokenizerTrainConfig.preset("pretrained", **overrides)
+    return train_tokenizer(cfg, out, device=pick_device())  # resumes from out/checkpoint.pt if it exists
 
 
 def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:
     """Cache the latents of the tokenizer's own training images (with flips), then train."""
-    from minieq.cache_latents import cache_latents
-    from minieq.data import SynthScapes
-    from minieq.train_generator import GeneratorTrainConfig, train
-
-    cfg = GeneratorTrainConfig.preset("course", out=str(out), tokenizer=str(tokenizer_file),
+    # Relative paths: the recipe is stored in the shipped file, which must not name this machine.
+    cfg = GeneratorTrainConfig.preset("pretrained", tokenizer=os.path.relpath(tokenizer_file),
                                       latents=str(out / "latents.pt"),
-                                      **({"max_steps": steps} if steps else {}))
+                                      **({"steps": steps} if steps else {}))
     tok_ckpt = read_checkpoint(tokenizer_file)
     data_recipe = {key: tok_ckpt["train_config"][key] for key in ("num_images", "image_width", "seed")}
     if not Path(cfg.latents).exists():
@@ -133,12 +108,12 @@ def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tupl
                            width=data_recipe["image_width"], seed=data_recipe["seed"], split="train")
         cache_latents(tok, data, cfg.latents, flips=True, batch_size=64)
     latents = {**data_recipe, "flips": True, "tokenizer_step": int(tok_ckpt["step"])}
-    return train(cfg, device=pick_device()), latents
+    return train_generator(cfg, out, device=pick_device()), latents
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = parser_for("pretrained", "Train (or resume) a pretrained course model (the trainers' "
-                                      "`course` preset) and export it into minieq/weights/.")
+                                      "`pretrained` preset) and export it into minieq/weights/.")
     parser.add_argument("model", choices=["tokenizer", "generator"], help="which course model")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")

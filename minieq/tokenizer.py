@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import nn
 
 from minieq.checkpoint import register_model
-from minieq.config import ConfigBase
+from minieq.config import ConfigBase, token_columns
 from minieq.tokenizer_blocks import Decoder, Encoder, SemanticDecoder, conv1d, conv2d
 
 # Larger pixel magnitudes mean [0, 255] images, not [-1, 1] ones (see ColumnTokenizer._check_pixels).
@@ -225,10 +225,7 @@ class ColumnTokenizer(nn.Module):
         h, w = x.shape[-2:]
         if h != cfg.image_height:
             raise ValueError(f"image height {h} != the tokenizer's image_height {cfg.image_height}")
-        if w % cfg.column_width or w < 2 * cfg.column_width:
-            raise ValueError(f"image width {w} must be a multiple of the column width "
-                             f"{cfg.column_width} and at least {2 * cfg.column_width} "
-                             "(two tokens, for reflect padding)")
+        token_columns(w, cfg.column_width)
 
     def _check_pixels(self, x: torch.Tensor) -> None:
         """Catch the common input mistakes (uint8, [0, 255], NaN/inf) with one clear error each.

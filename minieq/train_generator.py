@@ -41,14 +41,15 @@ from torch.nn.parallel import DistributedDataParallel
 from minieq import dist
 from minieq.cli import trainer_parser, user_errors
 from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
+from minieq.data import dataset_names
 from minieq.ema import EMA
 from minieq.generator import FAST_SIZES, Generator, GeneratorConfig
-from minieq.logger import JsonlLogger, progress
-from minieq.generator_data import TrainingData, global_sigma_noise, step_seed
-from minieq.pipeline import Pipeline, compute_latent_scale
+from minieq.generator_data import TrainingData, compute_latent_scale, global_sigma_noise, step_seed
+from minieq.logger import progress as progress_bar
+from minieq.pipeline import Pipeline
 from minieq.training import (TrainState, announce_start, batches_from, check_finite,
-                             check_loss_positions, masked_position_mean, resume_source,
-                             warmup_constant, warmup_cosine)
+                             check_loss_positions, is_due, masked_position_mean, metrics_log,
+                             resume_source, warmup_constant, warmup_cosine)
 from minieq.utils import autocast, pick_device, seed_everything
 from minieq.viz import save_image_grid
 
@@ -59,23 +60,22 @@ HEAD_PREFIX = "head."
 
 @dataclass
 class GeneratorTrainConfig(ConfigBase):
-    """Everything a generator run needs. ``paper`` is Table 8; ``tiny`` trains on a CPU in minutes."""
+    """Everything a generator run needs. ``paper`` is Table 8; ``fast`` trains on a CPU in minutes."""
 
     model: str = "L"                      # GeneratorConfig preset: tiny, S, B, L, H
     latents: str | None = None            # cached latent file (minieq.cache_latents)
     tokenizer: str | None = None          # tokenizer checkpoint: on-the-fly data and sample grids
-    data: str = "synthscapes"             # without latents: synthscapes | imagenet | places30 | lhq
+    data: str = "synthscapes"             # without latents: a name in minieq.data.DATASETS
     data_path: str | None = None
     synth_images: int = 4096              # SynthScapes images when encoding on the fly
-    out: str = "runs/gen"
     num_classes: int | None = None        # default: from the data
-    global_batch: int = 2048              # summed over ranks
+    batch_size: int = 2048                # global, summed over ranks
     epochs: float = 1200.0
-    max_steps: int | None = None          # overrides epochs
+    steps: int | None = None              # overrides epochs
     warmup_epochs: float = 100.0
     lr_schedule: str = "constant"         # constant (paper) | cosine
     min_lr_ratio: float = 0.0             # cosine floor, as a fraction of the peak LR
-    blr: float = 1e-4                     # LR = blr × global_batch / 256 (Table 8: 8e-4 at 2048)
+    blr: float = 1e-4                     # LR = blr × batch_size / 256 (Table 8: 8e-4 at 2048)
     lr: float | None = None               # absolute LR, overrides blr
     weight_decay: float = 0.02
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
@@ -92,26 +92,29 @@ class GeneratorTrainConfig(ConfigBase):
     log_every: int = 20
     save_every: int = 3000                # ≈ 5 ImageNet epochs at batch 2048 (the official cadence)
     sample_every: int = 0                 # sample-grid PNG every k steps (0 = only at the end)
-    resume: bool = True
     loss_positions: list[int] | None = None  # train only these token positions (None = all)
     model_overrides: dict = field(default_factory=dict)  # GeneratorConfig fields (Python API only)
+
+    # Names of files written before the two trainers shared their field names; where a run is
+    # written and whether it resumes are train()'s arguments now, not part of the recipe.
+    RENAMED = {"max_steps": "steps", "global_batch": "batch_size", "out": None, "resume": None}
 
     HELP = {
         "model": "GeneratorConfig preset: tiny, fast, course_gpu, S, B, L, H",
         "latents": "cached latent file (python -m minieq.cache_latents)",
         "tokenizer": "tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt): encodes on the "
                      "fly without --latents, and decodes the sample grids",
-        "data": "without --latents: synthscapes, imagenet, places30 or lhq",
+        "data": "without --latents: " + dataset_names(),
         "data_path": "root folder of a real data set",
         "synth_images": "SynthScapes images when encoding on the fly",
         "num_classes": "number of classes (default: from the data)",
-        "global_batch": "batch summed over ranks",
+        "batch_size": "global batch, summed over ranks",
         "epochs": "training length in epochs (--steps overrides it)",
-        "max_steps": "training steps, overrides --epochs (raising it extends a resumed run)",
+        "steps": "training steps, overrides --epochs (raising it extends a resumed run)",
         "warmup_epochs": "linear LR warmup, in epochs",
         "lr_schedule": "constant (paper) or cosine",
         "min_lr_ratio": "cosine floor as a fraction of the peak LR",
-        "blr": "base LR: LR = blr x global_batch / 256",
+        "blr": "base LR: LR = blr x batch_size / 256",
         "lr": "absolute LR, overrides --blr",
         "weight_decay": "AdamW weight decay",
         "betas": "AdamW betas",
@@ -133,30 +136,35 @@ class GeneratorTrainConfig(ConfigBase):
     }
 
     PRESETS = {
+        # Every preset name means the same in both trainers (see TokenizerTrainConfig.PRESETS).
         # Table 8 / reference-spec §3.10 (the field defaults): the Large model, 1200 epochs at
         # global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100 warmup epochs, then constant.
         "paper": dict(sample_every=10000),
-        # CPU, minutes: the FAST model (GeneratorConfig "fast": 4 blocks of width 64, each token
-        # sees up to 12 tokens back, reference-spec §3.4), a short EMA and a high LR for a few
-        # hundred steps. Stored as "tiny" + overrides, the form existing course runs recorded.
-        "tiny": dict(model="tiny", global_batch=32, max_steps=400, warmup_epochs=0.1, blr=8e-3,
+        # The course's FAST generator (notebook 05, `make demo`, minieq.course in FAST mode), CPU
+        # minutes: the FAST model (GeneratorConfig "fast": 4 blocks of width 64, each token sees
+        # up to 12 tokens back, reference-spec §3.4), a short EMA and a high LR for a few hundred
+        # steps. Stored as "tiny" + overrides, the form existing course runs recorded.
+        "fast": dict(model="tiny", batch_size=32, steps=400, warmup_epochs=0.1, blr=8e-3,
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
                      save_every=100, model_overrides=dict(FAST_SIZES)),
+        # The tiny model at its full size (2.4 M params), a short CPU run: pretrained's LR, a
+        # short EMA, 1500 steps as the tokenizer's "tiny".
+        "tiny": dict(model="tiny", batch_size=32, steps=1500, warmup_epochs=0.25, blr=4e-3,
+                     ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=25,
+                     save_every=500),
         # The pretrained course generator (minieq.pretrained): the tiny model unshrunk (2.4 M params),
         # 8 epochs of the course latents: the shipped run took 29 min on one thread (0.22 s/step;
         # 0.63 s/step measured on a slower machine).
-        "course": dict(model="tiny", global_batch=32, max_steps=8000, warmup_epochs=0.25, blr=4e-3,
-                       ema_decay=0.999, diffusion_batch_mul=2, num_workers=0, log_every=50,
-                       save_every=250, sample_every=2000),
+        "pretrained": dict(model="tiny", batch_size=32, steps=8000, warmup_epochs=0.25, blr=4e-3,
+                           ema_decay=0.999, diffusion_batch_mul=2, num_workers=0, log_every=50,
+                           save_every=250, sample_every=2000),
         # Full mode on one GPU: the "course_gpu" model (48.5 M params) on 65536 latent rows; 50k
         # steps of batch 512 ≈ 0.9 A100-hours (an estimate: python -m minieq.estimate), ~390
         # epochs; the paper's LR rule (2e-4), EMA 0.9995 (0.9999 would average 1/5 of the run).
-        "course_gpu": dict(model="course_gpu", synth_images=32768, global_batch=512,
-                           max_steps=50_000, warmup_epochs=10.0, ema_decay=0.9995, num_workers=4,
+        "course_gpu": dict(model="course_gpu", synth_images=32768, batch_size=512,
+                           steps=50_000, warmup_epochs=10.0, ema_decay=0.9995, num_workers=4,
                            log_every=50, save_every=2500, sample_every=5000),
     }
-    # The course's FAST generator (notebook 05, `make demo`, minieq.course in FAST mode): "tiny".
-    PRESETS["fast"] = dict(PRESETS["tiny"])
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -187,7 +195,7 @@ class _LossModule(nn.Module):
 
 def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """Per-iteration LR with a fractional epoch, warmup then constant or cosine (reference-spec §4.1)."""
-    peak = cfg.lr if cfg.lr is not None else cfg.blr * cfg.global_batch / 256
+    peak = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
     epoch = step / steps_per_epoch
     if cfg.lr_schedule == "constant":
         return peak * warmup_constant(epoch, cfg.warmup_epochs)
@@ -215,31 +223,33 @@ def save_samples(generator: Generator, ema: EMA, tokenizer, latent_scale: float,
     save_image_grid(path, images, nrow=1)
 
 
-def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
-          resume: str | None = None) -> Path:
-    """Train (or resume) a generator; returns the checkpoint path ``<out>/generator.pt``.
+def train(cfg: GeneratorTrainConfig, out: str | Path, *, resume: str | None = None,
+          fresh: bool = False, device: str | torch.device | None = None,
+          progress: bool = True) -> Path:
+    """Train (or resume) a generator; returns the checkpoint path ``out/generator.pt``.
 
-    Continues from ``resume`` if given, else from ``<out>/generator.pt`` if it exists and
-    ``cfg.resume`` is true (:func:`minieq.training.resume_source`; ``cfg.resume=False`` is
-    ``--fresh``). ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank
-    under torchrun).
+    Continues from ``resume`` if given, else from ``out/generator.pt`` if it exists
+    (:func:`minieq.training.resume_source`); ``fresh=True`` starts at step 0 regardless.
+    ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank under
+    torchrun); ``progress=False`` hides the progress bar. The same signature as
+    :func:`minieq.train_tokenizer.train`.
     """
     auto_device = dist.init_distributed()  # joins the process group under torchrun
     device = pick_device(device) if device is not None else auto_device
     world, rank = dist.world_size(), dist.rank()
-    if cfg.global_batch % world:
-        raise ValueError(f"global_batch {cfg.global_batch} is not divisible by {world} ranks")
-    local_batch = cfg.global_batch // world
-    out = Path(cfg.out)
+    if cfg.batch_size % world:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
+    local_batch = cfg.batch_size // world
+    out = Path(out)
     ckpt_path = out / "generator.pt"
-    resume = resume_source(ckpt_path, resume, fresh=not cfg.resume)
+    resume = resume_source(ckpt_path, resume, fresh)
     seed_everything(cfg.seed)
 
     data = TrainingData(cfg, device)
-    steps_per_epoch = len(data.dataset) // cfg.global_batch
+    steps_per_epoch = len(data.dataset) // cfg.batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.global_batch}")
-    total_steps = cfg.max_steps or math.ceil(cfg.epochs * steps_per_epoch)
+        raise ValueError(f"{len(data.dataset)} samples are fewer than one global batch of {cfg.batch_size}")
+    total_steps = cfg.steps or math.ceil(cfg.epochs * steps_per_epoch)
     train_tokens, token_dim = data.token_shape()
     check_loss_positions(cfg.loss_positions, train_tokens)
 
@@ -261,8 +271,7 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
         model = DistributedDataParallel(model, find_unused_parameters=True)
 
     announce_start("generator", resume, state.step, ckpt_path)
-    # Rows are logged by steps done (step k+1 after update k): those past the resume point go.
-    logger = JsonlLogger(out / "metrics.jsonl", drop_from=state.step + 1)
+    logger = metrics_log(out, state.step)
     if dist.is_main():
         print(f"generator: {sum(p.numel() for p in generator.parameters()) / 1e6:.2f}M parameters, "
               f"{world} rank(s) × batch {local_batch}, {total_steps} steps "
@@ -271,7 +280,7 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
             print("no --tokenizer given: sample grids are skipped")
     batches = batches_from(data.dataset, local_batch, start_step=state.step, seed=cfg.seed,
                            num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    bar = progress(total=total_steps, initial=state.step, desc="generator")
+    bar = progress_bar(total=total_steps, initial=state.step, desc="generator", disable=not progress)
     generator.train()
     for step, batch in batches:
         if step >= total_steps:
@@ -296,11 +305,11 @@ def train(cfg: GeneratorTrainConfig, device: str | torch.device | None = None,
         ema.update(generator)
         state.step = step + 1
         bar.update(1)
-        if state.step % cfg.log_every == 0 or state.step == total_steps:
+        if is_due(state.step, cfg.log_every, total_steps):
             bar.set_postfix(loss=f"{float(per_position.mean()):.4f}", lr=f"{lr:.2e}")
             logger.log(state.step, loss=per_position.mean(), lr=lr, grad_norm=grad_norm,
                        per_position=per_position, epoch=state.step / steps_per_epoch)
-        if state.step % cfg.save_every == 0 or state.step == total_steps:
+        if is_due(state.step, cfg.save_every, total_steps):
             state.save(ckpt_path, latent_scale=latent_scale, train_tokens=train_tokens,
                        train_config=cfg.to_dict())
         last = state.step == total_steps
@@ -319,10 +328,11 @@ DEFAULT_PRESET = "fast"
 # CPU times ("here"): measured on this project's 2-core CPU machine with nothing else running
 # (make demo's stage timer; the course run's own progress bar); GPU presets: FLOP estimates.
 PRESET_HELP = {
-    "fast": "the course's FAST generator (notebook 05, make demo; same as tiny): 0.53 M params, "
-            "400 steps x 32 latents, ~1 min on 2 CPU cores (60 s measured)",
-    "tiny": "the same as fast",
-    "course": "the pretrained course generator shipped with minieq (minieq.pretrained): 2.4 M "
+    "fast": "the course's FAST generator (notebook 05, make demo): 0.53 M params, 400 steps x 32 "
+            "latents, ~1 min on 2 CPU cores (60 s measured)",
+    "tiny": "the tiny model at full size: 2.4 M params, 1500 steps x 32 latents, 6-16 min on one "
+            "CPU core (estimate: pretrained's 0.22-0.63 s/step)",
+    "pretrained": "the pretrained course generator shipped with minieq (minieq.pretrained): 2.4 M "
               "params, 8000 steps x 32, 0.5-1.4 h on one CPU core (0.22-0.63 s/step measured)",
     "course_gpu": "the course's full mode: 48.5 M params, ~0.9 A100-hours (estimate)",
     "paper": "the paper's Table 8 (Large, 1200 epochs at batch 2048, GPUs)",
@@ -334,16 +344,12 @@ def main(argv: list[str] | None = None) -> int:
     parser, shown, preset = trainer_parser("train_generator", __doc__, GeneratorTrainConfig, PRESET_HELP,
                                            DEFAULT_PRESET, "generator.pt", argv)
     group = parser.add_argument_group(f"training (defaults of preset {preset!r})")
-    # out and resume have their own flags above (a folder; a checkpoint path and --fresh).
-    run_fields = ("out", "resume")
-    add_dataclass_args(group, GeneratorTrainConfig, shown=shown, flags={"max_steps": "steps"},
-                       skip=run_fields)
+    add_dataclass_args(group, GeneratorTrainConfig, shown=shown)
     args = parser.parse_args(argv)
     with user_errors(parser):
-        overrides = overrides_from_args(args, GeneratorTrainConfig, skip=run_fields)
-        cfg = GeneratorTrainConfig.preset(args.preset, **overrides, out=args.out, resume=not args.fresh)
+        cfg = GeneratorTrainConfig.preset(args.preset, **overrides_from_args(args, GeneratorTrainConfig))
         try:
-            path = train(cfg, device=args.device, resume=args.resume)
+            path = train(cfg, args.out, resume=args.resume, device=args.device, fresh=args.fresh)
         finally:
             dist.cleanup()
     if dist.is_main():

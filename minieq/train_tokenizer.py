@@ -35,13 +35,15 @@ from torchvision.utils import save_image
 from minieq import dist
 from minieq.checkpoint import build_model, load_state_strict, read_checkpoint
 from minieq.cli import trainer_parser, user_errors
-from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args
+from minieq.config import ConfigBase, add_dataclass_args, overrides_from_args, token_columns
+from minieq.data import build_dataset as build_image_dataset
+from minieq.data import dataset_names
 from minieq.ema import EMA
-from minieq.logger import JsonlLogger, progress
+from minieq.logger import progress as progress_bar
 from minieq.losses import TokenizerLoss, TokenizerLossConfig
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
-from minieq.training import (TrainState, announce_start, batches_from, check_finite, resume_source,
-                             warmup_step_decay)
+from minieq.training import (TrainState, announce_start, batches_from, check_finite, is_due,
+                             metrics_log, resume_source, warmup_step_decay)
 from minieq.utils import autocast, pick_device, seed_everything
 
 
@@ -57,7 +59,7 @@ class TokenizerTrainConfig(ConfigBase):
     tokenizer: str = "paper"  # TokenizerConfig preset
     tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
     loss: TokenizerLossConfig = field(default_factory=TokenizerLossConfig)
-    data: str = "imagenet"  # synthscapes | imagenet | places30 | lhq
+    data: str = "imagenet"  # a name in minieq.data.DATASETS
     data_path: Optional[str] = None
     num_images: int = 8192  # SynthScapes only: training-set size
     image_width: int = 256  # SynthScapes only (real data: square crops of the tokenizer height)
@@ -76,20 +78,26 @@ class TokenizerTrainConfig(ConfigBase):
     sample: bool = True  # decode σ-VAE draws (paper, official); False: the posterior mean
     init: Optional[str] = None  # stage 2: the stage-1 checkpoint
     seed: int = 23
-    amp: bool = True  # bf16 autocast on CUDA (the DINO disc / DiffAug / losses stay fp32)
+    bf16: bool = True  # bf16 autocast on CUDA (the DINO disc / DiffAug / losses stay fp32)
     num_workers: int = 8
     log_every: int = 50
     image_every: int = 750
-    ckpt_every: int = 5000
+    save_every: int = 5000
+
+    # Names of files written before the two trainers shared their field names.
+    RENAMED = {"amp": "bf16", "ckpt_every": "save_every"}
 
     PRESETS = {
         "paper": {},
-        # CPU recipe for SynthScapes 32×128 (16 tokens). Offline only L1 + KL (+ PatchGAN) work;
+        # Every preset name means the same in both trainers: "tiny" is the tiny model at its full
+    # size, "fast" the course's FAST model, "pretrained" the model shipped in minieq/weights,
+    # "course_gpu" the course's full mode on one GPU, "paper" the paper's recipe.
+    # tiny: CPU recipe for SynthScapes 32×128 (16 tokens). Offline only L1 + KL (+ PatchGAN) work;
         # LPIPS / DINO / DINOv2 would need their weight files and are too slow on a CPU anyway.
         "tiny": dict(tokenizer="tiny", data="synthscapes", num_images=4096, image_width=128,
                      batch_size=16, steps=1500, lr=1e-3, warmup=50, lr_decay_every=600,
                      lr_decay=0.5, ema_decay=0.99, grad_clip=1.0, seed=0, num_workers=0,
-                     log_every=25, image_every=250, ckpt_every=500,
+                     log_every=25, image_every=250, save_every=500,
                      loss=dict(lpips_weight=0.0, disc_type="none", semantic_weight=0.0,
                                reduction="mean")),
     }
@@ -99,44 +107,44 @@ class TokenizerTrainConfig(ConfigBase):
     PRESETS["fast"] = {**PRESETS["tiny"], **dict(
         tokenizer_overrides=HALF_WIDTH, steps=500, batch_size=8, lr=1e-3, warmup=20,
         lr_decay_every=400, lr_decay=0.3, ema_decay=0.99, num_images=2048, log_every=10,
-        image_every=100, ckpt_every=100)}
+        image_every=100, save_every=100)}
     # The pretrained course tokenizer shipped with the package (minieq.course.pretrained_tokenizer):
     # the tiny preset at half width (as "fast") trained 32x longer. The LR
     # halves every 4000 steps, a schedule that can be extended without changing its past.
-    PRESETS["course"] = {**PRESETS["tiny"], **dict(
+    PRESETS["pretrained"] = {**PRESETS["tiny"], **dict(
         tokenizer_overrides=HALF_WIDTH, num_images=16384, steps=16000,
         warmup=100, lr_decay_every=4000, lr_decay=0.5, ema_decay=0.999, log_every=50,
-        image_every=1000, ckpt_every=250)}
+        image_every=1000, save_every=250)}
     # The course's full mode on one GPU: the "course_gpu" tokenizer (24.7 M parameters) on
     # 128×128 SynthScapes, 16 tokens per image as in the paper's 256×256. 90 GFLOPs per image
     # and step, so 50k steps of batch 64 come to ~0.85 A100-hours at 30 % of the bf16 peak
     # (`python -m minieq.estimate`: an estimate, not a measurement; activations, counted: ≤ 25 GB in fp32, less under bf16,
     # so a 40 GB A100 fits). 32768 images take 1.6 GB as 8-bit and are seen ~100 times (the
     # paper: 50 ImageNet epochs). The LR lies between the paper's (1.92e-4, 214 M
-    # parameters) and tiny's (1e-3) and halves every quarter, as "course" does. Still L1 + KL
+    # parameters) and tiny's (1e-3) and halves every quarter, as "pretrained" does. Still L1 + KL
     # only, so it runs offline; with a local VGG16 file LPIPS switches on (--lpips_weight 1
     # --lpips_vgg_path vgg16-397923af.pth), for a third more FLOPs per step.
     # num_workers stays 0: each worker would render and keep its own copy of the images.
     PRESETS["course_gpu"] = {**PRESETS["tiny"], **dict(
         tokenizer="course_gpu", num_images=32768, image_width=128, batch_size=64, steps=50_000,
         lr=4e-4, warmup=1000, lr_decay_every=12_500, lr_decay=0.5, ema_decay=0.999,
-        log_every=100, image_every=2500, ckpt_every=2500)}
+        log_every=100, image_every=2500, save_every=2500)}
 
     # Texture for the course tokenizer (paper Table 5 "+ decoder finetune", Sec. 4.1): stage 2 from
     # the shipped stage-1 tokenizer, encoder frozen, so its latents and the course generator
     # stay valid. L1 + the offline perceptual stand-in (minieq.perceptual, Lite1 features at the
     # images' own scale) + a PatchGAN whose two stride-2 layers see 34 px, about the image
     # height: a deeper one looks at whole images and learns layout, not texture.
-    PRESETS["course_texture"] = {**PRESETS["course"], **dict(
+    PRESETS["pretrained_texture"] = {**PRESETS["pretrained"], **dict(
         stage=2, init="minieq/weights/course_tokenizer.pt", steps=3000, lr=1e-4, warmup=100,
-        lr_decay_every=10_000, lr_decay=0.5, image_every=250, ckpt_every=250,
+        lr_decay_every=10_000, lr_decay=0.5, image_every=250, save_every=250,
         loss=dict(lpips_weight=0.1, perceptual="lite1", perceptual_upsample=1, disc_type="patchgan",
                   patchgan_layers=2, disc_weight=1.0, disc_start=0, semantic_weight=0.0,
                   reduction="mean"))}
 
     HELP = {
         "tokenizer": "TokenizerConfig preset: tiny (CPU), course_gpu (one GPU) or paper",
-        "data": "synthscapes (rendered, offline), imagenet, places30 or lhq",
+        "data": dataset_names() + " (synthscapes is rendered, offline)",
         "data_path": "root folder of a real data set (not needed for synthscapes)",
         "num_images": "SynthScapes training-set size",
         "image_width": "SynthScapes image width in px (real data: square crops)",
@@ -154,11 +162,11 @@ class TokenizerTrainConfig(ConfigBase):
         "sample": "decode sigma-VAE draws in training (paper); false: the posterior mean, as at inference",
         "init": "stage 2: the stage-1 checkpoint.pt",
         "seed": "seed of data order, augmentation and initialisation",
-        "amp": "bf16 autocast on CUDA (ignored on CPU)",
+        "bf16": "bf16 autocast on CUDA (ignored on CPU)",
         "num_workers": "DataLoader worker processes",
         "log_every": "metrics.jsonl row every this many steps",
         "image_every": "reconstruction PNG every this many steps (0 = never)",
-        "ckpt_every": "save OUT/checkpoint.pt every this many steps (the resume points)",
+        "save_every": "save OUT/checkpoint.pt every this many steps (the resume points)",
     }
 
     def __post_init__(self):
@@ -176,10 +184,14 @@ DEFAULT_PRESET = "fast"
 PRESET_HELP = {
     "fast": "the course's FAST tokenizer (notebook 02, make demo): 1.3 M params, 500 steps x 8 "
             "images, ~3 min on 2 CPU cores (162-220 s measured)",
-    "tiny": "ch 32 (5.1 M params), 1500 steps x 16 images, ~1.3 h on 2 CPU cores (estimate: 4x "
-            "the FLOPs of course's 0.78 s/step)",
-    "course": "the pretrained course tokenizer shipped with minieq (minieq.pretrained): fast's "
-              "model, 16000 steps x 16 images, ~3.5 h on 2 CPU cores (0.78 s/step measured)",
+    "tiny": "the tiny model at full width: ch 32 (5.1 M params), 1500 steps x 16 images, ~1.3 h "
+            "on 2 CPU cores (estimate: 4x the FLOPs of pretrained's 0.78 s/step)",
+    "pretrained": "the pretrained course tokenizer shipped with minieq (minieq.pretrained): "
+                  "fast's model, 16000 steps x 16 images, ~3.5 h on 2 CPU cores (0.78 s/step "
+                  "measured)",
+    "pretrained_texture": "the shipped textured decoder: stage 2 from the pretrained tokenizer, "
+                          "decoder only, + adversarial + perceptual (Table 5), 3000 steps x 16 "
+                          "images, ~35 min on one CPU core (0.7 s/step measured)",
     "course_gpu": "the course's full mode: 24.7 M params, 128 px, ~0.85 A100-hours (estimate)",
     "paper": "the paper's Table 6 (214 M params, ImageNet, 8 GPUs)",
 }
@@ -187,10 +199,10 @@ PRESET_HELP = {
 
 def build_dataset(cfg: TokenizerTrainConfig, tok_config: TokenizerConfig):
     """The training images: SynthScapes (rendered) or a real ImageFolder data set via minieq.data."""
-    from minieq.data import build_dataset as build
-
+    if cfg.data == "synthscapes":  # a rendered width must split into token columns
+        token_columns(cfg.image_width, tok_config.column_width)
     # Real data: square crops of the tokenizer height, random crop + flip (reference-spec §2.4).
-    return build(cfg.data, cfg.data_path, height=tok_config.image_height, width=cfg.image_width,
+    return build_image_dataset(cfg.data, cfg.data_path, height=tok_config.image_height, width=cfg.image_width,
                  num_images=cfg.num_images, seed=cfg.seed)
 
 
@@ -224,20 +236,23 @@ def save_recon_grid(x: torch.Tensor, recon: torch.Tensor, path: Path) -> None:
     save_image(grid.cpu(), path, nrow=k, padding=1)
 
 
-def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = None,
-          device: str | torch.device | None = None, show_progress: bool = True,
-          fresh: bool = False) -> Path:
-    """Train a tokenizer; returns the path of ``out_dir/checkpoint.pt`` (EMA weights included).
+def train(cfg: TokenizerTrainConfig, out: str | Path, *, resume: str | None = None,
+          fresh: bool = False, device: str | torch.device | None = None,
+          progress: bool = True) -> Path:
+    """Train a tokenizer; returns the path of ``out/checkpoint.pt`` (EMA weights included).
 
-    Continues from ``resume`` if given, else from ``out_dir/checkpoint.pt`` if it exists
+    Continues from ``resume`` if given, else from ``out/checkpoint.pt`` if it exists
     (:func:`minieq.training.resume_source`); ``fresh=True`` starts at step 0 regardless.
+    ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank under
+    torchrun); ``progress=False`` hides the progress bar. The same signature as
+    :func:`minieq.train_generator.train`.
     """
     auto_device = dist.init_distributed()  # joins the process group under torchrun
     device = auto_device if device is None else pick_device(device)
     world = dist.world_size()
     if cfg.batch_size % world:
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {world} ranks")
-    out = Path(out_dir)
+    out = Path(out)
     ckpt_path = out / "checkpoint.pt"
     resume = resume_source(ckpt_path, resume, fresh)
     seed_everything(cfg.seed + dist.rank())
@@ -281,9 +296,9 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
     batches = batches_from(dataset, cfg.batch_size // world, start_step=state.step, seed=cfg.seed,
                            num_workers=cfg.num_workers, generator=torch.Generator(),
                            pin_memory=device.type == "cuda")
-    logger = JsonlLogger(out / "metrics.jsonl", drop_from=state.step)  # rows are logged by step index
-    bar = progress(total=cfg.steps, initial=state.step, desc=f"tokenizer stage {cfg.stage}",
-                   disable=not show_progress)
+    logger = metrics_log(out, state.step)
+    bar = progress_bar(total=cfg.steps, initial=state.step, desc=f"tokenizer stage {cfg.stage}",
+                       disable=not progress)
     tok.train()
     loss_fn.train()
     while state.step < cfg.steps:
@@ -295,7 +310,7 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
         for opt in optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
-        with autocast(device, enabled=cfg.amp):
+        with autocast(device, enabled=cfg.bf16):
             out_ = model(x, sample=cfg.sample, semantic=loss_fn.semantic_active(step))
         logs = loss_fn.generator_loss(x, out_, step, tok.last_layer_weight)
         check_finite({"ae_loss": logs["loss"].detach()}, step, ckpt_path if ckpt_path.exists() else None)
@@ -318,14 +333,14 @@ def train(cfg: TokenizerTrainConfig, out_dir: str | Path, resume: str | None = N
         state.step = step + 1
         bar.update(1)
 
-        if step % cfg.log_every == 0 or state.step == cfg.steps:
+        if is_due(state.step, cfg.log_every, cfg.steps):
             row = {k: dist.all_reduce_mean(v.detach().float()).item() for k, v in logs.items()}
             row["lr"] = lr
-            logger.log(step, **row)
+            logger.log(state.step, **row)
             bar.set_postfix(loss=f"{row['loss']:.4g}", l1=f"{row['l1']:.3f}")
         if cfg.image_every and step % cfg.image_every == 0 and dist.is_main():
             save_recon_grid(x, out_.recon.detach(), out / "images" / f"recon_{step:07d}.png")
-        if state.step % cfg.ckpt_every == 0 or state.step == cfg.steps:
+        if is_due(state.step, cfg.save_every, cfg.steps):
             state.save(ckpt_path, train_config=cfg.to_dict(), **_disc_state(disc))
     bar.close()
     if not ckpt_path.exists():  # steps already reached (e.g. resuming a finished run)
@@ -342,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, shown, preset = trainer_parser("train_tokenizer", __doc__, TokenizerTrainConfig, PRESET_HELP,
                                            DEFAULT_PRESET, "checkpoint.pt", argv)
     train_flags = parser.add_argument_group(f"training (defaults of preset {preset!r})")
-    add_dataclass_args(train_flags, TokenizerTrainConfig, shown=shown, flags={"ckpt_every": "save_every"})
+    add_dataclass_args(train_flags, TokenizerTrainConfig, shown=shown)
     loss_flags = parser.add_argument_group(f"loss (defaults of preset {preset!r})")
     add_dataclass_args(loss_flags, TokenizerLossConfig, shown=shown.loss)
     args = parser.parse_args(argv)

@@ -7,6 +7,8 @@
 - :func:`resume_source` is the rerun rule of both trainers: continue from ``--resume``, else
   from the run folder's own checkpoint; start at step 0 only without one or with ``fresh``.
 - :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
+- :func:`metrics_log` and :func:`is_due` are the one convention of both trainers' logs and saves:
+  a row or checkpoint is labelled by the number of steps done.
 - LR schedules are pure functions of the step, so they need no state of their own (unlike the
   official tokenizer's stateful scheduler, which resumes at LR 0: reference-spec §7).
 """
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from minieq import dist
 from minieq.checkpoint import CheckpointError, load_state_strict, read_checkpoint, save_checkpoint
 from minieq.ema import EMA
+from minieq.logger import JsonlLogger
 from minieq.utils import get_rng_state, set_rng_state
 
 
@@ -67,6 +70,22 @@ def announce_start(name: str, source: str | None, step: int, own: str | os.PathL
         print(f"{name}: fresh start at step 0 (--fresh); {own} will be overwritten", flush=True)
     else:
         print(f"{name}: new run at step 0, saving to {own}", flush=True)
+
+
+def metrics_log(out: str | os.PathLike, step: int) -> JsonlLogger:
+    """``<out>/metrics.jsonl`` of a run that stands at ``step`` steps done.
+
+    Both trainers log a row by steps done (step k + 1 after update k), so rows up to ``step``
+    belong to the resumed checkpoint's past and are kept; later ones (written after that save by
+    a killed run) go, and the resumed run writes them again. A fresh start (``step`` 0) begins
+    an empty file.
+    """
+    return JsonlLogger(os.path.join(out, "metrics.jsonl"), drop_from=step + 1 if step else 0)
+
+
+def is_due(step: int, every: int, total: int) -> bool:
+    """True every ``every`` steps done and at the last one (``total``): when to log and save."""
+    return step % every == 0 or step == total
 
 
 class ResumableSampler(Sampler[int]):

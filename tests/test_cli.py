@@ -21,10 +21,10 @@ TOK_MICRO = dict(tokenizer_overrides=dict(ch=8, ch_mult=[1, 1, 1, 1], num_groups
                                           attn_resolutions=[], semantic_ch=8, semantic_ch_mult=[1, 1],
                                           semantic_out_channels=8),
                  num_images=16, image_width=64, batch_size=4, steps=4, warmup=2, lr_decay_every=3,
-                 log_every=1, image_every=0, ckpt_every=2,
+                 log_every=1, image_every=0, save_every=2,
                  loss=dict(lpips_weight=0.0, disc_type="patchgan", patchgan_channels=8, patchgan_layers=2,
                            disc_start=1, semantic_weight=0.0, reduction="mean"))
-GEN_MICRO = dict(global_batch=8, max_steps=4, warmup_epochs=0.5, blr=0.05, log_every=1, save_every=2,
+GEN_MICRO = dict(batch_size=8, steps=4, warmup_epochs=0.5, blr=0.05, log_every=1, save_every=2,
                  model_overrides=dict(embed_dim=32, depth=2, num_heads=2, head_width=32, head_depth=1,
                                       num_sampling_steps=2))
 
@@ -33,7 +33,7 @@ GEN_MICRO = dict(global_batch=8, max_steps=4, warmup_epochs=0.5, blr=0.05, log_e
 def micro_presets(monkeypatch):
     """A "micro" preset in each trainer, so the command lines train in a second."""
     monkeypatch.setitem(tt.TokenizerTrainConfig.PRESETS, "micro", {**tt.TokenizerTrainConfig.PRESETS["tiny"], **TOK_MICRO})
-    monkeypatch.setitem(tg.GeneratorTrainConfig.PRESETS, "micro", {**tg.GeneratorTrainConfig.PRESETS["tiny"], **GEN_MICRO})
+    monkeypatch.setitem(tg.GeneratorTrainConfig.PRESETS, "micro", {**tg.GeneratorTrainConfig.PRESETS["fast"], **GEN_MICRO})
 
 
 @pytest.fixture
@@ -95,7 +95,7 @@ def test_tokenizer_rerun_resumes_after_a_kill(tmp_path, monkeypatch, capsys):
                                                 monkeypatch, capsys, "checkpoint.pt")
     assert f"resuming from {tmp_path / 'killed' / 'checkpoint.pt'} at step 2" in printed
     assert_same_weights(straight, resumed, ("state_dict", "ema_state_dict", "discriminator"))
-    assert logged_steps(tmp_path / "killed") == [0, 1, 2, 3]  # no duplicate rows after the resume
+    assert logged_steps(tmp_path / "killed") == [1, 2, 3, 4]  # rows count steps done, no duplicates
 
 
 def test_generator_rerun_resumes_after_a_kill(tmp_path, monkeypatch, capsys, checkpoints):
@@ -113,7 +113,7 @@ def test_fresh_starts_over_and_says_so(tmp_path, capsys):
     capsys.readouterr()
     tt.main([*argv, "--fresh"])
     assert "fresh start at step 0 (--fresh)" in capsys.readouterr().out
-    assert logged_steps(tmp_path / "run") == [0, 1]
+    assert logged_steps(tmp_path / "run") == [1, 2]
     with pytest.raises(SystemExit) as exit_:
         tt.main([*argv, "--fresh", "--resume", str(tmp_path / "run" / "checkpoint.pt")])
     assert exit_.value.code == 2
@@ -123,14 +123,14 @@ def test_fast_presets_are_the_course_recipes():
     """The FAST course models (notebooks, make demo) are exactly `--preset fast` of each trainer."""
     from minieq import course
 
-    assert course.tiny_tokenizer_config(fast=True) == tt.TokenizerTrainConfig.preset("fast")
-    assert course.generator_config(fast=True) == tg.GeneratorTrainConfig.preset("fast")
+    assert course.scratch_tokenizer_config(fast=True) == tt.TokenizerTrainConfig.preset("fast")
+    assert course.scratch_generator_config(fast=True) == tg.GeneratorTrainConfig.preset("fast")
     fast = tt.TokenizerTrainConfig.preset("fast")  # the recipe behind the stored notebook outputs
     assert (fast.tokenizer, fast.tokenizer_overrides, fast.steps, fast.batch_size, fast.lr, fast.warmup,
             fast.lr_decay_every, fast.lr_decay, fast.ema_decay, fast.num_images) == (
         "tiny", dict(ch=16, semantic_ch=16), 500, 8, 1e-3, 20, 400, 0.3, 0.99, 2048)
     gen = tg.GeneratorTrainConfig.preset("fast")
-    assert (gen.model, gen.max_steps, gen.global_batch, gen.blr, gen.model_overrides["embed_dim"]) == (
+    assert (gen.model, gen.steps, gen.batch_size, gen.blr, gen.model_overrides["embed_dim"]) == (
         "tiny", 400, 32, 8e-3, 64)
 
 
@@ -206,7 +206,8 @@ def test_trainers_share_the_flag_vocabulary(capsys):
         texts[name] = capsys.readouterr().out
     for flag in ("--steps", "--save_every", "--out", "--resume CHECKPOINT", "--fresh", "--device", "--preset"):
         assert flag in texts["tok"] and flag in texts["gen"], flag
-    assert "--max_steps" not in texts["gen"] and "--ckpt_every" not in texts["tok"]  # old spellings: hidden
+    for old in ("--max_steps", "--global_batch", "--ckpt_every", "--amp"):  # old spellings: hidden
+        assert old not in texts["tok"] and old not in texts["gen"], old
 
 
 def console_script(name):

@@ -23,8 +23,8 @@ def tokenizer_run(tmp_path_factory):
     """Two steps of batch 2 of the course_gpu tokenizer preset (the model at full size)."""
     out = tmp_path_factory.mktemp("tok")
     cfg = TokenizerTrainConfig.preset("course_gpu", num_images=2, batch_size=2, steps=2,
-                                      log_every=1, image_every=0, ckpt_every=2)
-    return train_tokenizer(cfg, out, device="cpu", show_progress=False)
+                                      log_every=1, image_every=0, save_every=2)
+    return train_tokenizer(cfg, out, device="cpu", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_course_gpu_presets_keep_the_paper_shapes():
 
 def test_course_gpu_tokenizer_trains_on_cpu(tokenizer_run, tokenizer):
     rows = read_jsonl(tokenizer_run.parent / "metrics.jsonl")
-    assert [r["step"] for r in rows] == [0, 1] and all(math.isfinite(r["loss"]) for r in rows)
+    assert [r["step"] for r in rows] == [1, 2] and all(math.isfinite(r["loss"]) for r in rows)
     assert tokenizer.config == TokenizerConfig.preset("course_gpu")
     with torch.no_grad():
         z = tokenizer.encode(torch.zeros(1, 3, 128, 128))
@@ -54,10 +54,9 @@ def test_course_gpu_tokenizer_trains_on_cpu(tokenizer_run, tokenizer):
 def test_course_gpu_generator_trains_on_cpu(tokenizer, tmp_path):
     latents = cache_latents(tokenizer, SynthScapes(2, height=128, width=128), tmp_path / "latents.pt",
                             show_progress=False)  # 2 images + flips = 4 rows of (16, 64)
-    cfg = GeneratorTrainConfig.preset("course_gpu", latents=str(latents), out=str(tmp_path / "gen"),
-                                      num_classes=8, global_batch=2, max_steps=2, num_workers=0,
-                                      log_every=1, save_every=2)
-    ckpt = read_checkpoint(train_generator(cfg, device="cpu"))
+    cfg = GeneratorTrainConfig.preset("course_gpu", latents=str(latents), num_classes=8, batch_size=2,
+                                      steps=2, num_workers=0, log_every=1, save_every=2)
+    ckpt = read_checkpoint(train_generator(cfg, tmp_path / "gen", device="cpu", progress=False))
     assert ckpt["train_state"]["step"] == 2 and ckpt["latent_scale"] > 0
     assert ckpt["config"] == GeneratorConfig.preset("course_gpu").to_dict()
     rows = read_jsonl(tmp_path / "gen" / "metrics.jsonl")
@@ -76,13 +75,13 @@ def test_course_gpu_estimates_fit_about_an_a100_hour(tokenizer):
 
 
 def test_estimates_scale_with_batch_and_steps():
-    cfg = GeneratorTrainConfig.preset("tiny")
+    cfg = GeneratorTrainConfig.preset("fast")
     base = estimate_generator(cfg, token_dim=16, num_classes=8, num_samples=4096)
-    assert base.steps == cfg.max_steps
-    double_batch = estimate_generator(cfg.replace(global_batch=2 * cfg.global_batch), 16, 8, 4096)
+    assert base.steps == cfg.steps
+    double_batch = estimate_generator(cfg.replace(batch_size=2 * cfg.batch_size), 16, 8, 4096)
     assert double_batch.step_flops == pytest.approx(2 * base.step_flops)
-    longer = estimate_generator(cfg.replace(max_steps=2 * cfg.max_steps), 16, 8, 4096)
+    longer = estimate_generator(cfg.replace(steps=2 * cfg.steps), 16, 8, 4096)
     assert longer.step_flops == base.step_flops
     assert longer.a100_hours() == pytest.approx(2 * base.a100_hours())
-    # Without max_steps the epochs set the steps, as in train(): 3 epochs of 4096 // 32 steps.
-    assert estimate_generator(cfg.replace(max_steps=None, epochs=3.0), 16, 8, 4096).steps == 3 * 128
+    # Without steps the epochs set the steps, as in train(): 3 epochs of 4096 // 32 steps.
+    assert estimate_generator(cfg.replace(steps=None, epochs=3.0), 16, 8, 4096).steps == 3 * 128

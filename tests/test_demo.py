@@ -3,7 +3,8 @@ import json
 
 import torch
 
-from minieq import course, pretrained
+from minieq import pretrained
+from minieq.course import demo
 from minieq.checkpoint import save_checkpoint
 from minieq.generator import Generator, GeneratorConfig
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
@@ -27,9 +28,9 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "tok.pt")
     monkeypatch.setattr(pretrained, "GENERATOR_FILE", tmp_path / "gen.pt")
     scratch_tok, scratch_gen = _micro_models(1)
-    monkeypatch.setattr(course, "tiny_tokenizer", lambda *a, **k: scratch_tok)
-    monkeypatch.setattr(course, "tiny_latents", lambda *a, **k: tmp_path / "latents.pt")
-    monkeypatch.setattr(course, "tiny_generator", lambda *a, **k: (scratch_gen, 2.0))
+    monkeypatch.setattr(demo, "scratch_tokenizer", lambda *a, **k: scratch_tok)
+    monkeypatch.setattr(demo, "scratch_latents", lambda *a, **k: tmp_path / "latents.pt")
+    monkeypatch.setattr(demo, "scratch_generator", lambda *a, **k: (scratch_gen, 2.0))
 
     from minieq.course.demo import main
 
@@ -53,9 +54,9 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
 def test_demo_without_pretrained_models_shows_the_scratch_ones(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "absent.pt")
     scratch_tok, scratch_gen = _micro_models(1)
-    monkeypatch.setattr(course, "tiny_tokenizer", lambda *a, **k: scratch_tok)
-    monkeypatch.setattr(course, "tiny_latents", lambda *a, **k: tmp_path / "latents.pt")
-    monkeypatch.setattr(course, "tiny_generator", lambda *a, **k: (scratch_gen, 2.0))
+    monkeypatch.setattr(demo, "scratch_tokenizer", lambda *a, **k: scratch_tok)
+    monkeypatch.setattr(demo, "scratch_latents", lambda *a, **k: tmp_path / "latents.pt")
+    monkeypatch.setattr(demo, "scratch_generator", lambda *a, **k: (scratch_gen, 2.0))
 
     from minieq.course.demo import main
 

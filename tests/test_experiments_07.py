@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from minieq.experiments import attention, efficiency, per_position, zero_shot
-from minieq.experiments.pca_codec import PCACodec
+from minieq.evaluation import PCACodec
 from minieq.checkpoint import read_checkpoint
 from minieq.experiments.training_runs import SCALES, file_latents, pca_latents, synthscapes, train_on_latents
 from minieq.generator import Generator, GeneratorConfig
@@ -50,16 +50,16 @@ def test_masked_mean_is_the_mean_over_kept_rows():
 
 def test_trainer_restricts_the_loss_and_refuses_bad_positions(tmp_path):
     torch.save({"latents": torch.randn(32, 4, 16), "labels": torch.arange(32) % 8}, tmp_path / "l.pt")
-    base = dict(latents=str(tmp_path / "l.pt"), global_batch=8, max_steps=2, log_every=1,
+    base = dict(latents=str(tmp_path / "l.pt"), batch_size=8, steps=2, log_every=1,
                 model_overrides=dict(MICRO))
     with pytest.raises(ValueError, match=r"in \[0, 4\)"):
-        train(GeneratorTrainConfig.preset("tiny", **base, out=str(tmp_path / "bad"), loss_positions=[0, 4]))
-    path = train(GeneratorTrainConfig.preset("tiny", **base, out=str(tmp_path / "ok"), loss_positions=[0, 1]))
+        train(GeneratorTrainConfig.preset("fast", **base, loss_positions=[0, 4]), tmp_path / "bad")
+    path = train(GeneratorTrainConfig.preset("fast", **base, loss_positions=[0, 1]), tmp_path / "ok")
     assert read_checkpoint(path)["train_config"]["loss_positions"] == [0, 1]
     # The flag exists on the command line too.
     from minieq.train_generator import main
     main(["--out", str(tmp_path / "cli"), "--latents", str(tmp_path / "l.pt"), "--steps", "1",
-          "--global_batch", "8", "--loss_positions", "2", "3", "--device", "cpu"])
+          "--batch_size", "8", "--loss_positions", "2", "3", "--device", "cpu"])
     assert read_checkpoint(tmp_path / "cli" / "generator.pt")["train_config"]["loss_positions"] == [2, 3]
 
 
@@ -122,11 +122,11 @@ def test_training_forward_macs_match_the_papers_gflops():
 
 def test_paper_scale_builds_the_small_model_and_needs_latent_files(tmp_path):
     paper = SCALES["paper"]
-    cfg = GeneratorTrainConfig.preset(paper.train_preset, model=paper.model, global_batch=paper.global_batch)
+    cfg = GeneratorTrainConfig.preset(paper.train_preset, model=paper.model, batch_size=paper.batch_size)
     with torch.device("meta"):
         gen = build_generator(cfg, 1000, 256)
     assert (gen.config.embed_dim, gen.config.depth, gen.config.head_width) == (512, 16, 960)
-    assert cfg.global_batch == 2048 and paper.steps == 10 * paper.early_step
+    assert cfg.batch_size == 2048 and paper.steps == 10 * paper.early_step
     with pytest.raises(ValueError, match="--column_latents"):
         zero_shot.run(tmp_path, scale="paper")
     with pytest.raises(ValueError, match="--column_latents"):

@@ -109,12 +109,13 @@ def test_paper_scale_needs_checkpoints_and_runs_with_them(checkpoints, tmp_path,
 
 def test_shift_paper_configs_differ_only_in_shift_num():
     configs = shift.train_configs(shift.ShiftConfig.preset("paper"), "lat.pt", "out")
-    a, b = configs[16].to_dict(), configs[1].to_dict()
-    assert {k for k in a if a[k] != b[k]} == {"out", "model_overrides"}
+    (cfg16, out16), (cfg1, out1) = configs[16], configs[1]
+    a, b = cfg16.to_dict(), cfg1.to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"model_overrides"} and out16 != out1
     with torch.device("meta"):  # the Large model, built without memory
-        large = build_generator(configs[1], num_classes=30, token_dim=16)
+        large = build_generator(cfg1, num_classes=30, token_dim=16)
     assert (large.config.embed_dim, large.config.depth, large.config.shift_num) == (1024, 32, 1)
-    assert configs[16].model == "L" and configs[16].max_steps is None  # the paper's full length
+    assert cfg16.model == "L" and cfg16.steps is None  # the paper's full length
 
 
 def test_loss_at_offset_is_paired_and_depends_on_the_offset(pipe):

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from minieq import metrics
+from minieq.evaluation import PCACodec
 
 
 @pytest.fixture
@@ -53,20 +54,25 @@ def test_column_pca():
     g = torch.Generator().manual_seed(0)
     train = torch.rand(16, 3, 4, 8, generator=g) * 2 - 1  # 64 strips of 3·4·2 = 24 values
     # With every dimension kept the codec is the identity: the strip layout round-trips exactly.
-    full = metrics.ColumnPCA(train, column_width=2, dims=24)
-    torch.testing.assert_close(full(train), train, atol=1e-5, rtol=0)
+    full = PCACodec(train, "column", 2, dims=24)
+    torch.testing.assert_close(full.reconstruct(train), train, atol=1e-5, rtol=0)
     # Strips drawn from a 3-dimensional affine subspace are reproduced by 3 components, and on
     # random images the error shrinks as components are added.
     basis, offset = torch.randn(3, 24, generator=g), torch.randn(24, generator=g)
     strips = torch.randn(64, 3, generator=g) @ basis + offset  # (M, 24)
     low = strips.reshape(16, 4, 3, 4, 2).permute(0, 2, 3, 1, 4).reshape(16, 3, 4, 8)
-    assert torch.all(metrics.psnr(low, metrics.ColumnPCA(low, 2, dims=3)(low)) > 80)
-    errors = [(metrics.ColumnPCA(train, 2, dims=k)(train) - train).pow(2).mean() for k in (2, 6, 12)]
+    assert torch.all(metrics.psnr(low, PCACodec(low, "column", 2, dims=3).reconstruct(low)) > 80)
+    errors = [(PCACodec(train, "column", 2, dims=k).reconstruct(train) - train).pow(2).mean()
+              for k in (2, 6, 12)]
     assert errors[0] > errors[1] > errors[2]
-    with pytest.raises(ValueError, match="multiple of column_width"):
-        metrics.ColumnPCA(train, column_width=3, dims=2)
+    # reconstruct is decode(encode(x)) without the float32 tokens and the final clamp.
+    codec = PCACodec(train, "column", 2, dims=6)
+    torch.testing.assert_close(codec.decode(codec.encode(train)), codec.reconstruct(train).clamp(-1, 1),
+                               atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="does not split into column blocks"):
+        PCACodec(train, "column", 3, dims=2)
     with pytest.raises(ValueError, match="dims=25"):
-        metrics.ColumnPCA(train, column_width=2, dims=25)
+        PCACodec(train, "column", 2, dims=25)
 
 
 def test_ssim_properties():

@@ -5,7 +5,8 @@ from PIL import Image
 
 from minieq.checkpoint import CheckpointError, save_checkpoint
 from minieq.generator import Generator, GeneratorConfig
-from minieq.pipeline import Pipeline, compute_latent_scale
+from minieq.generator_data import compute_latent_scale
+from minieq.pipeline import Pipeline
 from minieq.sample import main as sample_main
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 

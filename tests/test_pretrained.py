@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import minieq.train_tokenizer as tt
-from minieq import pretrained
+from minieq import evaluation, pretrained
 from minieq.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from minieq.tokenizer import ColumnTokenizer
 
@@ -19,22 +19,22 @@ def _float_tensors(ckpt: dict) -> list[torch.Tensor]:
 def test_export_stores_half_weights_recipe_and_reproducible_psnr(tmp_path, monkeypatch):
     micro = {**tt.TokenizerTrainConfig.PRESETS["tiny"], **dict(
         tokenizer_overrides=MICRO, num_images=16, batch_size=4, steps=2, warmup=1, log_every=1,
-        image_every=0, ckpt_every=1)}
-    monkeypatch.setitem(tt.TokenizerTrainConfig.PRESETS, "course", micro)
+        image_every=0, save_every=1)}
+    monkeypatch.setitem(tt.TokenizerTrainConfig.PRESETS, "pretrained", micro)
     out = tmp_path / "course_tokenizer.pt"
     meta = pretrained.main(["tokenizer", "--out", str(tmp_path / "run"), "--export", str(out)])
 
     raw = torch.load(out, map_location="cpu", weights_only=True)  # plain containers only
     assert all(t.dtype == torch.float16 for t in _float_tensors(raw))
-    assert raw["train_config"] == tt.TokenizerTrainConfig.preset("course").to_dict()
+    assert raw["train_config"] == tt.TokenizerTrainConfig.preset("pretrained").to_dict()
     assert raw["step"] == 2 and raw["command"].startswith("python -m minieq.pretrained tokenizer")
-    assert raw["heldout"] == meta["heldout"] and raw["heldout"]["images"] == pretrained.HELDOUT_IMAGES
+    assert raw["heldout"] == meta["heldout"] and raw["heldout"]["images"] == evaluation.HELDOUT_IMAGES
 
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", out)
     tok = pretrained.pretrained_tokenizer(device="cpu")
     assert isinstance(tok, ColumnTokenizer) and not tok.training
     assert all(p.dtype == torch.float32 for p in tok.parameters())
-    again = pretrained.evaluate_tokenizer(tok)
+    again = evaluation.evaluate_tokenizer(tok)
     assert abs(again["psnr_db"] - raw["heldout"]["psnr_db"]) < 0.05
 
     # A rerun resumes the finished run (no step is trained twice) and exports the same weights.
@@ -86,15 +86,42 @@ def test_shipped_course_models():
         assert ckpt["command"].startswith("python -m minieq.pretrained")
     # The recipe in the file is the preset's, trained to its end: one command reproduces it.
     tok_cfg = tok_ckpt["train_config"]
-    assert tok_cfg == tt.TokenizerTrainConfig.preset("course", steps=tok_cfg["steps"]).to_dict()
+    assert tok_cfg == tt.TokenizerTrainConfig.preset("pretrained", steps=tok_cfg["steps"]).to_dict()
     assert tok_ckpt["step"] == tok_cfg["steps"] and "seed" in tok_cfg
     gen_cfg = GeneratorTrainConfig.from_dict(gen_ckpt["train_config"])
-    assert gen_ckpt["step"] == gen_cfg.max_steps and gen_ckpt["latent_scale"] > 0
+    assert gen_ckpt["step"] == gen_cfg.steps and gen_ckpt["latent_scale"] > 0
     assert gen_ckpt["latents"]["tokenizer_step"] == tok_ckpt["step"]
 
     tok = pretrained.pretrained_tokenizer(device="cpu")
-    measured = pretrained.evaluate_tokenizer(tok)
+    measured = evaluation.evaluate_tokenizer(tok)
     assert abs(measured["psnr_db"] - tok_ckpt["heldout"]["psnr_db"]) < 0.05
     gen, scale = pretrained.pretrained_generator(device="cpu")
     assert scale == gen_ckpt["latent_scale"] and not gen.training
     assert gen.config.token_dim == tok.config.embed_dim
+
+
+def _strings(value):
+    """Every string inside nested dicts and lists (the metadata of a checkpoint)."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
+                    reason="the pretrained course models are not shipped in this checkout yet")
+def test_shipped_metadata_is_relative_and_uses_the_current_field_names():
+    from minieq.train_generator import GeneratorTrainConfig
+
+    for path, cls in zip(SHIPPED, (tt.TokenizerTrainConfig, GeneratorTrainConfig)):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
+        absolute = [s for s in _strings(meta) if s.startswith("/") or " /" in s]
+        assert not absolute, f"{path.name}: absolute paths in the metadata: {absolute}"
+        stored = ckpt["train_config"]
+        assert not set(stored) & set(cls.RENAMED), f"{path.name}: old field names"
+        assert cls.from_dict(stored).to_dict() == stored  # exactly the current fields

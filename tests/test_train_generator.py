@@ -9,7 +9,7 @@ import torch.multiprocessing as mp
 
 from minieq.checkpoint import read_checkpoint
 from minieq.generator import Generator, GeneratorConfig
-from minieq.pipeline import compute_latent_scale
+from minieq.generator_data import compute_latent_scale
 from minieq.train_generator import GeneratorTrainConfig, param_groups, train
 from minieq.training import NonFiniteLossError
 
@@ -24,11 +24,16 @@ def make_latents(path, m=32, n=N_TOKENS, c=16, classes=8):
     return path
 
 
-def micro_config(tmp_path, out, **kw):
-    base = dict(latents=str(tmp_path / "latents.pt"), out=str(tmp_path / out), global_batch=8,
-                max_steps=4, warmup_epochs=0.5, blr=0.05, log_every=1, save_every=2,
+def micro_config(tmp_path, **kw):
+    base = dict(latents=str(tmp_path / "latents.pt"), batch_size=8,
+                steps=4, warmup_epochs=0.5, blr=0.05, log_every=1, save_every=2,
                 model_overrides=dict(MICRO))
-    return GeneratorTrainConfig.preset("tiny", **{**base, **kw})
+    return GeneratorTrainConfig.preset("fast", **{**base, **kw})
+
+
+def fit(tmp_path, out, **kw):
+    """Train the micro config into ``tmp_path / out``; returns the checkpoint path."""
+    return train(micro_config(tmp_path, **kw), tmp_path / out, progress=False)
 
 
 @pytest.fixture
@@ -44,14 +49,14 @@ def test_latent_scale_gives_unit_std_and_is_stored(tmp_path, latents):
     assert abs(float((noisy * scale).std()) - 1) < 0.05
     # The noise matters: the scale of the means alone would be larger.
     assert scale < 1 / float(means.std())
-    ckpt = read_checkpoint(train(micro_config(tmp_path, "run", max_steps=1)))
+    ckpt = read_checkpoint(fit(tmp_path, "run", steps=1))
     assert ckpt["latent_scale"] == pytest.approx(scale, rel=1e-6)
 
 
 def test_exact_resume_matches_straight_run(tmp_path, latents):
-    straight = read_checkpoint(train(micro_config(tmp_path, "a", max_steps=4)))
-    halfway = read_checkpoint(train(micro_config(tmp_path, "b", max_steps=2)))
-    resumed = read_checkpoint(train(micro_config(tmp_path, "b", max_steps=4)))
+    straight = read_checkpoint(fit(tmp_path, "a", steps=4))
+    halfway = read_checkpoint(fit(tmp_path, "b", steps=2))
+    resumed = read_checkpoint(fit(tmp_path, "b", steps=4))
     assert straight["train_state"]["step"] == resumed["train_state"]["step"] == 4
     for key in ("state_dict", "ema_state_dict"):
         for name, value in straight[key].items():
@@ -62,7 +67,7 @@ def test_exact_resume_matches_straight_run(tmp_path, latents):
 
 
 def test_per_position_loss_is_logged(tmp_path, latents):
-    train(micro_config(tmp_path, "run", max_steps=3))
+    fit(tmp_path, "run", steps=3)
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
     for r in rows:
@@ -75,9 +80,8 @@ def test_images_encoded_on_the_fly_and_sample_grids(tmp_path):
     from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 
     save_checkpoint(tmp_path / "tok.pt", ColumnTokenizer(TokenizerConfig.preset("tiny")))
-    cfg = micro_config(tmp_path, "run", latents=None, tokenizer=str(tmp_path / "tok.pt"),
-                       data="synthscapes", synth_images=16, max_steps=2, diffusion_batch_mul=1)
-    ckpt = read_checkpoint(train(cfg))
+    ckpt = read_checkpoint(fit(tmp_path, "run", latents=None, tokenizer=str(tmp_path / "tok.pt"),
+                               data="synthscapes", synth_images=16, steps=2, diffusion_batch_mul=1))
     assert ckpt["train_state"]["step"] == 2 and ckpt["config"]["num_classes"] == 8
     assert ckpt["config"]["token_dim"] == 16 and ckpt["latent_scale"] > 0
     assert (tmp_path / "run" / "samples" / "step0000002.png").is_file()
@@ -86,8 +90,8 @@ def test_images_encoded_on_the_fly_and_sample_grids(tmp_path):
 def test_cli_flags_override_the_preset(tmp_path, latents):
     from minieq.train_generator import main
 
-    assert main(["--preset", "tiny", "--latents", str(latents), "--out", str(tmp_path / "run"),
-                 "--global_batch", "8", "--steps", "1", "--label_drop", "0.2", "--betas", "0.8", "0.9"]) == 0
+    assert main(["--preset", "fast", "--latents", str(latents), "--out", str(tmp_path / "run"),
+                 "--batch_size", "8", "--steps", "1", "--label_drop", "0.2", "--betas", "0.8", "0.9"]) == 0
     ckpt = read_checkpoint(tmp_path / "run" / "generator.pt")
     assert ckpt["train_config"]["betas"] == [0.8, 0.9] and ckpt["config"]["label_drop"] == 0.2
     assert ckpt["train_state"]["step"] == 1
@@ -104,7 +108,7 @@ def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path, latents, monke
 
     monkeypatch.setattr(Generator, "loss", loss_turning_nan)
     with pytest.raises(NonFiniteLossError, match="step 2"):
-        train(micro_config(tmp_path, "run", max_steps=6, save_every=2))
+        fit(tmp_path, "run", steps=6, save_every=2)
     ckpt = read_checkpoint(tmp_path / "run" / "generator.pt")
     assert ckpt["train_state"]["step"] == 2
     assert all(torch.isfinite(v).all() for v in ckpt["state_dict"].values())
@@ -139,9 +143,9 @@ def deterministic_loss(self, tokens, labels, per_position=False):
     return rows.mean(0) if per_position else rows.mean()
 
 
-def ddp_config(tmp_path, out):
+def ddp_config(tmp_path):
     # Dropout off, so the only randomness left is the σ-VAE noise (drawn split-independently).
-    return micro_config(tmp_path, out, max_steps=3, label_drop=0.0,
+    return micro_config(tmp_path, steps=3, label_drop=0.0,
                         model_overrides=dict(MICRO, attn_dropout=0.0, proj_dropout=0.0))
 
 
@@ -152,7 +156,7 @@ def _ddp_worker(rank, world, port, tmp_path):
     Generator.loss = deterministic_loss
     import minieq.dist
     try:
-        train(ddp_config(tmp_path, "ddp"))
+        train(ddp_config(tmp_path), tmp_path / "ddp", progress=False)
     finally:
         minieq.dist.cleanup()
 
@@ -173,7 +177,7 @@ def test_ddp_two_ranks_match_one_process(tmp_path, latents, monkeypatch):
     # fork: the children reuse the imported modules (re-importing torch takes seconds).
     mp.start_processes(_ddp_worker, args=(2, port, tmp_path), nprocs=2, join=True, start_method="fork")
     monkeypatch.setattr(Generator, "loss", deterministic_loss)
-    single = read_checkpoint(train(ddp_config(tmp_path, "single")))
+    single = read_checkpoint(train(ddp_config(tmp_path), tmp_path / "single", progress=False))
     ddp = read_checkpoint(tmp_path / "ddp" / "generator.pt")
     assert ddp["train_state"]["step"] == single["train_state"]["step"] == 3
     for key in ("state_dict", "ema_state_dict"):
@@ -188,16 +192,18 @@ def test_ddp_two_ranks_match_one_process(tmp_path, latents, monkeypatch):
     assert not torch.equal(losses("single")[0], losses("single")[-1])  # the runs did learn
 
 
-def test_course_tiny_generator_trains_once_then_loads(tmp_path, latents, monkeypatch):
+def test_course_scratch_generator_trains_once_then_loads(tmp_path, latents, monkeypatch):
     from minieq import course
 
-    monkeypatch.setitem(course.GENERATOR_RECIPES, True, ("tiny", dict(max_steps=2, model_overrides=dict(MICRO))))
-    gen, scale = course.tiny_generator(latents_path=latents, run_dir=tmp_path, fast=True)
+    micro = {**GeneratorTrainConfig.PRESETS["fast"], "steps": 2, "model_overrides": dict(MICRO)}
+    monkeypatch.setitem(GeneratorTrainConfig.PRESETS, "micro", micro)
+    monkeypatch.setitem(course.MODE_PRESETS, True, "micro")
+    gen, scale = course.scratch_generator(latents_path=latents, run_dir=tmp_path, fast=True)
     saved = read_checkpoint(tmp_path / "generator.pt")
     assert saved["latent_scale"] == scale and not gen.training
     assert "train_state" not in saved  # the artifact holds the EMA weights only
     for name, value in read_checkpoint(tmp_path / "generator_run" / "generator.pt")["ema_state_dict"].items():
         assert torch.equal(gen.state_dict()[name], value)
-    monkeypatch.setattr(course, "tiny_latents", None)  # a second call must not train again
-    again, scale_again = course.tiny_generator(run_dir=tmp_path)
+    monkeypatch.setattr(course, "scratch_latents", None)  # a second call must not train again
+    again, scale_again = course.scratch_generator(run_dir=tmp_path)
     assert scale_again == scale and torch.equal(again.z_proj.weight, gen.z_proj.weight)

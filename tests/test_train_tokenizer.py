@@ -19,14 +19,14 @@ MICRO = dict(ch=8, ch_mult=[1, 1, 1, 1], num_groups=4, z_channels=4, embed_dim=8
 def micro(**overrides) -> tt.TokenizerTrainConfig:
     """A 32×64 run of a few steps with a PatchGAN that starts at step 1 (offline-safe terms)."""
     base = dict(tokenizer_overrides=MICRO, num_images=16, image_width=64, batch_size=4, steps=4,
-                warmup=2, lr_decay_every=3, log_every=1, image_every=2, ckpt_every=2,
+                warmup=2, lr_decay_every=3, log_every=1, image_every=2, save_every=2,
                 loss=dict(lpips_weight=0.0, disc_type="patchgan", patchgan_channels=8,
                           patchgan_layers=2, disc_start=1, semantic_weight=0.0, reduction="mean"))
     return tt.TokenizerTrainConfig.preset("tiny", **{**base, **overrides})
 
 
 def run(cfg, out, **kw):
-    return tt.train(cfg, out, device="cpu", show_progress=False, **kw)
+    return tt.train(cfg, out, device="cpu", progress=False, **kw)
 
 
 def test_resume_is_bit_exact(tmp_path):
@@ -126,18 +126,18 @@ def test_course_helpers_load_existing_artifacts(tmp_path, monkeypatch):
     monkeypatch.delenv("MINIEQ_FAST", raising=False)
     assert course.is_fast() and course.is_fast(True) and not course.is_fast(False)
     monkeypatch.setenv("MINIEQ_FAST", "0")
-    assert not course.is_fast() and course.tiny_tokenizer_config().steps > course.tiny_tokenizer_config(True).steps
-    fast = course.tiny_tokenizer_config(True)
+    assert not course.is_fast() and course.scratch_tokenizer_config().steps > course.scratch_tokenizer_config(True).steps
+    fast = course.scratch_tokenizer_config(True)
     assert fast.loss.disc_type == "none" and fast.loss.lpips_weight == 0 and fast.data == "synthscapes"
 
     tok = ColumnTokenizer(TokenizerConfig.preset("tiny", **MICRO))
     save_checkpoint(tmp_path / "tokenizer.pt", tok)
     monkeypatch.setattr(course, "train_tokenizer", lambda *a, **k: pytest.fail("must not retrain"))
-    loaded = course.tiny_tokenizer(tmp_path)
+    loaded = course.scratch_tokenizer(tmp_path)
     assert not loaded.training
     assert all(torch.equal(v, tok.state_dict()[k]) for k, v in loaded.state_dict().items())
     (tmp_path / "latents.pt").write_bytes(b"already here")
-    assert course.tiny_latents(loaded, tmp_path) == tmp_path / "latents.pt"
+    assert course.scratch_latents(loaded, tmp_path) == tmp_path / "latents.pt"
 
 
 def test_course_fast_and_full_never_share_files(tmp_path, monkeypatch):
@@ -149,8 +149,8 @@ def test_course_fast_and_full_never_share_files(tmp_path, monkeypatch):
     assert course.course_dir() == Path("runs/course/full")
     # A FAST artifact found where full mode looks is refused, not silently reused.
     tok = ColumnTokenizer(TokenizerConfig.preset("tiny", **MICRO))
-    save_checkpoint(tmp_path / "tokenizer.pt", tok, train_config=course.tiny_tokenizer_config(True).to_dict())
+    save_checkpoint(tmp_path / "tokenizer.pt", tok, train_config=course.scratch_tokenizer_config(True).to_dict())
     monkeypatch.setattr(course, "train_tokenizer", lambda *a, **k: pytest.fail("must not retrain"))
-    assert course.tiny_tokenizer(tmp_path, fast=True) is not None
+    assert course.scratch_tokenizer(tmp_path, fast=True) is not None
     with pytest.raises(CheckpointError, match="full mode"):
-        course.tiny_tokenizer(tmp_path, fast=False)
+        course.scratch_tokenizer(tmp_path, fast=False)

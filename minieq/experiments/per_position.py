@@ -14,7 +14,7 @@ Reported per run: the held-out loss per position at the early and the final step
 across positions (coefficient of variation, also without position 0, which has no context),
 and the relative improvement (early - final) / early per position with its spread.
 
-CPU scale: PCA codecs for both layouts (:mod:`minieq.experiments.pca_codec`), the FAST
+CPU scale: PCA codecs for both layouts (:class:`minieq.evaluation.PCACodec`), the FAST
 generator. Paper scale: ``--column_latents STATIONARY CENTRED`` and ``--grid_latents ...``
 (e.g. LHQ and ImageNet latent files) and the Small model.
 """

@@ -29,18 +29,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
+from minieq.cache_latents import cache_latents
 from minieq.checkpoint import load_checkpoint, read_checkpoint
 from minieq.cli import user_errors
 from minieq.config import ConfigBase
+from minieq.data import DATASETS, SynthScapes, dataset_names
 from minieq.experiments import experiment_parser, write_result
 from minieq.experiments.long_fidelity import (FidelityConfig, class_matched_images, crop_offsets,
                                               decode_strips, measure, reference_dataset, sample_strips,
                                               summarize)
-from minieq.pipeline import TRAIN_TOKENS, Pipeline
+from minieq.generator_data import TRAIN_TOKENS
+from minieq.pipeline import Pipeline
+from minieq.pretrained import pretrained_tokenizer
 from minieq.tokenizer import sigma_vae_sample
+from minieq.train_generator import GeneratorTrainConfig, train
 from minieq.utils import eval_mode, pick_device
+from minieq.viz import panorama
 
 
 @dataclass
@@ -71,13 +78,12 @@ class ShiftConfig(ConfigBase):
 
 
 def train_configs(config: ShiftConfig, latents: str, out: str | Path, seed: int = 0) -> dict:
-    """``{shift_num: GeneratorTrainConfig}``: one recipe, only ``shift_num`` differs."""
-    from minieq.train_generator import GeneratorTrainConfig
-
+    """``{shift_num: (GeneratorTrainConfig, run folder)}``: one recipe, only ``shift_num`` differs."""
     base = GeneratorTrainConfig.preset(config.train_preset)
-    steps = {"max_steps": config.steps} if config.steps is not None else {}
-    return {n: base.replace(latents=str(latents), out=str(Path(out) / f"shift{n}"), seed=seed,
-                            model_overrides={**base.model_overrides, "shift_num": n}, **steps)
+    steps = {"steps": config.steps} if config.steps is not None else {}
+    return {n: (base.replace(latents=str(latents), seed=seed,
+                             model_overrides={**base.model_overrides, "shift_num": n}, **steps),
+                Path(out) / f"shift{n}")
             for n in config.shift_nums}
 
 
@@ -103,9 +109,6 @@ def loss_at_offset(generator, tokens: torch.Tensor, labels: torch.Tensor, offset
 def _encoded_latents(tokenizer, images: int, path: Path, split: str, seed: int) -> Path:
     """Posterior means of ``images`` SynthScapes renders of the training size (with flips for the
     training split, as the course latents), cached at ``path``."""
-    from minieq.cache_latents import cache_latents
-    from minieq.data import SynthScapes
-
     if path.exists():
         return path
     width = TRAIN_TOKENS * tokenizer.config.column_width
@@ -128,9 +131,6 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
         SynthScapes val renders).
     :return: per run: the loss at each RoPE offset and the FD curve with its summary.
     """
-    from minieq.data import SynthScapes
-    from minieq.train_generator import train
-
     config = config or ShiftConfig.preset("cpu")
     out, device = Path(out), torch.device(device) if device is not None else pick_device()
     out.mkdir(parents=True, exist_ok=True)
@@ -144,11 +144,12 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
     runs, strips_kept, fid = {}, {}, FidelityConfig(strips_per_class=config.strips_per_class, cfg=config.cfg,
                                                      batch_size=config.batch_size)
     recipes = train_configs(config, latents, out, seed)
-    for n, cfg in recipes.items():
+    for n, (cfg, run_dir) in recipes.items():
         start = time.perf_counter()
-        ckpt = read_checkpoint(train(cfg, device=device))
+        ckpt_path = train(cfg, run_dir, device=device)
+        ckpt = read_checkpoint(ckpt_path)
         trained = time.perf_counter()
-        gen = load_checkpoint(Path(cfg.out) / "generator.pt", map_location=device)  # EMA weights
+        gen = load_checkpoint(ckpt_path, map_location=device)  # EMA weights
         pipe = Pipeline(tokenizer.to(device), gen, ckpt["latent_scale"], train_tokens=ckpt["train_tokens"])
         tokens = noisy * pipe.latent_scale  # (B, N, C) as in training
         losses = {str(s): loss_at_offset(gen, tokens, held_labels, s, seed) for s in config.loss_offsets}
@@ -170,7 +171,7 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
         curve = measure(strips_kept[n], real, crop * col, [o * col for o in offsets], col)
         runs[str(n)].update(curve=curve, summary=summarize(curve, offsets, crop, [config.multiple]))
     result = {"experiment": "shift", "seed": seed, "settings": config.to_dict(),
-              "train_config": {str(n): c.to_dict() for n, c in recipes.items()},
+              "train_config": {str(n): c.to_dict() for n, (c, _) in recipes.items()},
               "latents": str(latents), "train_tokens": crop, "offsets_tokens": offsets, "runs": runs,
               "metric": "flow loss (held-out, paired noise); offline FD on EfficientNet-Lite0 features"}
     if keep_strips:
@@ -180,10 +181,6 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
 
 def plot(result: dict, strips: dict | None = None):
     """Loss vs RoPE offset and FD vs crop offset for each ``shift_num``, above one strip of each."""
-    from matplotlib.figure import Figure
-
-    from minieq.viz import panorama
-
     runs, n = result["runs"], result["train_tokens"]
     rows = len(strips) if strips else 0
     fig = Figure(figsize=(11, 3.2 + 1.3 * rows), dpi=100)
@@ -221,8 +218,9 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default at cpu scale: encoded SynthScapes val images)")
     parser.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default at cpu scale: "
                         "the pretrained course tokenizer)")
-    parser.add_argument("--data", default="synthscapes", help="ground truth of the FD: synthscapes "
-                        "(cpu), places30, imagenet or lhq (val split, needs --data_path)")
+    parser.add_argument("--data", default="synthscapes", choices=DATASETS,
+                        help=f"ground truth of the FD: {dataset_names()} (synthscapes at cpu "
+                             "scale; the others: val split, needs --data_path)")
     parser.add_argument("--data_path", default=None, help="root folder of a real data set")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (preset's)")
     parser.add_argument("--strips_per_class", type=int, default=None, help="strips per class (preset's)")
@@ -237,7 +235,6 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tokenizer:
             tokenizer = load_checkpoint(args.tokenizer, map_location=device, expect="ColumnTokenizer")
         else:
-            from minieq.course import pretrained_tokenizer
             tokenizer = pretrained_tokenizer(device)
         height, width = tokenizer.config.image_height, TRAIN_TOKENS * tokenizer.config.column_width
         # SynthScapes (None) is rendered inside run(), sized to the strips it needs.

@@ -44,7 +44,7 @@ from minieq.train_tokenizer import TokenizerTrainConfig, train
 from minieq.utils import pick_device
 
 STAGE1 = "minieq/weights/course_tokenizer.pt"
-# row -> (label, loss overrides of the "course_texture" preset; None: the stage-1 file itself)
+# row -> (label, loss overrides of the "pretrained_texture" preset; None: the stage-1 file itself)
 ROWS = {
     "stage1": ("stage 1 (shipped, L1 + KL)", None),
     "l1_kl": ("decoder FT: L1 + KL (control)", dict(lpips_weight=0.0, disc_type="none")),
@@ -63,7 +63,7 @@ def train_row(name: str, runs: Path, steps: int | None, device: torch.device) ->
     label, loss = ROWS[name]
     if loss is None:
         return load_checkpoint(STAGE1).float().eval()
-    cfg = TokenizerTrainConfig.preset("course_texture", init=STAGE1, **({"steps": steps} if steps else {}))
+    cfg = TokenizerTrainConfig.preset("pretrained_texture", init=STAGE1, **({"steps": steps} if steps else {}))
     cfg.loss = cfg.loss.replace(**loss)
     path = train(cfg, runs / name, device=device, show_progress=False)
     return load_checkpoint(path).float().eval()
@@ -139,7 +139,7 @@ def run(out: Path, runs: Path, steps: int | None = None, num_images: int = 512, 
     result = {"rows": rows, "labels": {k: v[0] for k, v in ROWS.items()}, "semantic": SEMANTIC_NOTE,
               "paper_table5_rfid": PAPER_TABLE5_RFID,
               "settings": {"images": num_images, "seed": seed, "cfg": cfg, "sampler": "midpoint-5",
-                           "steps": steps or TokenizerTrainConfig.preset("course_texture").steps,
+                           "steps": steps or TokenizerTrainConfig.preset("pretrained_texture").steps,
                            "fd": "EfficientNet-Lite0 features, against training renders"}}
     write_result(out, "tokenizer_ablation", result, figure(images, heldout, real))
     return result

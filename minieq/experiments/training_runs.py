@@ -22,9 +22,11 @@ import torch
 
 from minieq.analysis import per_position_loss
 from minieq.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint
-from minieq.data import SynthScapes
-from minieq.experiments.pca_codec import PCACodec
+from minieq.data import LatentDataset, SynthScapes
+from minieq.evaluation import PCACodec
 from minieq.generator import FAST_SIZES
+from minieq.generator_data import num_classes_of
+from minieq.pretrained import pretrained_tokenizer
 from minieq.tokenizer import sigma_vae_sample
 from minieq.train_generator import GeneratorTrainConfig, train
 
@@ -86,9 +88,6 @@ def course_latents(path: str | Path | None = None, num_images: int = 1024, val_i
     (e.g. the ``latents.pt`` of a ``python -m minieq.pretrained generator`` run) or, without it,
     ``num_images`` stationary SynthScapes images + flips encoded here; held-out rows are always
     val-split images encoded here."""
-    from minieq.data import LatentDataset
-    from minieq.pretrained import pretrained_tokenizer
-
     tok = pretrained_tokenizer(device)
     dev = next(tok.parameters()).device
 
@@ -119,8 +118,6 @@ def file_latents(path: str | Path, val_rows: int = 10_000) -> Latents:
     copy), so nothing is held out: the loss is measured on its first ``val_rows`` rows, which
     are also trained on, like the paper's Figs. 3-4 (training loss).
     """
-    from minieq.data import LatentDataset
-    from minieq.generator_data import num_classes_of
 
     data = LatentDataset(path)
     if len(data) < val_rows:
@@ -138,17 +135,17 @@ class Scale:
     model: str  # GeneratorConfig preset
     steps: int
     early_step: int  # the "early" checkpoint of Fig. 3 (the paper: 10 of 100 epochs)
-    global_batch: int
+    batch_size: int
     model_overrides: dict = field(default_factory=dict)
     eval_repeats: int = 4  # passes of the random flow loss over the held-out set
 
 
 SCALES = {
     # Minutes on one CPU thread: the course's FAST generator (0.53 M parameters), 500 steps of 32.
-    "cpu": Scale("fast", "tiny", steps=500, early_step=50, global_batch=32, model_overrides=dict(FAST_SIZES)),
+    "cpu": Scale("fast", "tiny", steps=500, early_step=50, batch_size=32, model_overrides=dict(FAST_SIZES)),
     # The paper's ablation model (Table 4 is Ours-S) at the paper's batch; 100 ImageNet epochs
     # (62 500 steps of 2048), the early checkpoint after 10 epochs, as in Fig. 3.
-    "paper": Scale("paper", "S", steps=62_500, early_step=6_250, global_batch=2048),
+    "paper": Scale("paper", "S", steps=62_500, early_step=6_250, batch_size=2048),
 }
 
 
@@ -186,15 +183,15 @@ def train_on_latents(latents: Latents, out: str | Path, scale: Scale, *, steps: 
         atomic_torch_save({"latents": latents.train.float().contiguous(), "labels": latents.train_labels,
                            "noise_std": latents.noise_std, "num_classes": latents.num_classes}, data_file)
     cfg = GeneratorTrainConfig.preset(
-        scale.train_preset, model=scale.model, latents=str(data_file), out=str(out), max_steps=steps,
-        global_batch=scale.global_batch, num_workers=0, seed=seed, save_every=steps,
+        scale.train_preset, model=scale.model, latents=str(data_file), steps=steps,
+        batch_size=scale.batch_size, num_workers=0, seed=seed, save_every=steps,
         loss_positions=loss_positions,
         model_overrides={**scale.model_overrides, **(model_overrides or {})})
     val_loss, start = {}, time.perf_counter()
     stops = sorted({s for s in eval_steps if 0 < s < steps} | {steps})
     for i, stop in enumerate(stops):
         # The first call starts fresh (a stale generator.pt in out must not be resumed).
-        path = train(cfg.replace(max_steps=stop, resume=i > 0), device=device)
+        path = train(cfg.replace(steps=stop), out, fresh=i == 0, device=device)
         generator = load_checkpoint(path, map_location=device or "cpu")
         latent_scale = float(read_checkpoint(path)["latent_scale"])
         loss = per_position_loss(generator, latents.val_tokens(latent_scale, seed), latents.val_labels,

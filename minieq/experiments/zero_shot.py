@@ -11,7 +11,7 @@ order, full causal attention) does not: its positions 0-7 are the top row of the
 the bottom row, different tasks. Each model is compared position by position with the same
 model trained on all 16 (the reference the paper's "16 tasks" rows give).
 
-CPU scale: both layouts use the PCA codec (:mod:`minieq.experiments.pca_codec`), so they differ
+CPU scale: both layouts use the PCA codec (:class:`minieq.evaluation.PCACodec`), so they differ
 only in layout and attention; 4 runs of the FAST generator, a few minutes on one thread. Paper
 scale: ``--column_latents`` and ``--grid_latents`` name latent files of a column and a grid
 tokenizer (``minieq.cache_latents``), and the runs use the Small model.
