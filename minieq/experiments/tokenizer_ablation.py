@@ -35,9 +35,11 @@ import torch
 from minieq.checkpoint import load_checkpoint
 from minieq.cli import user_errors
 from minieq.experiments import experiment_parser, write_result
-from minieq.metrics import ColumnPCA, frechet_distance, image_features, psnr, ssim
-from minieq.pipeline import TRAIN_TOKENS, Pipeline
-from minieq.pretrained import heldout_images, pretrained_generator
+from minieq.evaluation import PCACodec, heldout_images
+from minieq.generator_data import TRAIN_TOKENS
+from minieq.metrics import frechet_distance, image_features, psnr, ssim
+from minieq.pipeline import Pipeline
+from minieq.pretrained import pretrained_generator
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.texture import radial_power_spectrum, texture_report
 from minieq.train_tokenizer import TokenizerTrainConfig, train
@@ -65,17 +67,17 @@ def train_row(name: str, runs: Path, steps: int | None, device: torch.device) ->
         return load_checkpoint(STAGE1).float().eval()
     cfg = TokenizerTrainConfig.preset("pretrained_texture", init=STAGE1, **({"steps": steps} if steps else {}))
     cfg.loss = cfg.loss.replace(**loss)
-    path = train(cfg, runs / name, device=device, show_progress=False)
+    path = train(cfg, runs / name, device=device, progress=False)
     return load_checkpoint(path).float().eval()
 
 
 @torch.no_grad()
 def evaluate(decoders: dict, real: torch.Tensor, heldout: torch.Tensor, latents: torch.Tensor,
-             sample_latents: torch.Tensor, pca: ColumnPCA) -> tuple[dict, dict]:
+             sample_latents: torch.Tensor, pca: PCACodec) -> tuple[dict, dict]:
     """Per row: the numbers and the images (reconstructions, samples) the figure shows."""
     real_feats = image_features(real)
     rows, images = {}, {}
-    pca_recon = pca(heldout).clamp(-1, 1)
+    pca_recon = pca.decode(pca.encode(heldout))
     rows["pca"] = {"psnr_db": float(psnr(heldout, pca_recon).mean()),
                    "ssim": float(ssim(heldout, pca_recon).mean()),
                    "rfd": frechet_distance(real_feats, image_features(pca_recon)),
@@ -133,8 +135,8 @@ def run(out: Path, runs: Path, steps: int | None = None, num_images: int = 512, 
     tokens = torch.cat([pipe.sample_tokens(b, TRAIN_TOKENS, cfg=cfg, seed=seed + i, solver="midpoint", steps=5)
                         for i, b in enumerate(labels.split(64))])
     sample_latents = tokens / scale  # generator space → the tokenizer's latent space
-    pca = ColumnPCA(render_synthscapes(torch.arange(1024) % len(SYNTHSCAPES_CLASSES), h, w, seed=seed + 1),
-                    stage1.config.column_width, stage1.config.embed_dim)
+    pca = PCACodec(render_synthscapes(torch.arange(1024) % len(SYNTHSCAPES_CLASSES), h, w, seed=seed + 1),
+                   "column", stage1.config.column_width, stage1.config.embed_dim)
     rows, images = evaluate(decoders, real, heldout, latents, sample_latents, pca)
     result = {"rows": rows, "labels": {k: v[0] for k, v in ROWS.items()}, "semantic": SEMANTIC_NOTE,
               "paper_table5_rfid": PAPER_TABLE5_RFID,
