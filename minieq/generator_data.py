@@ -13,6 +13,7 @@ import torch
 
 from minieq import dist
 from minieq.checkpoint import load_checkpoint
+from minieq.data import LatentDataset, build_dataset
 from minieq.pipeline import TRAIN_TOKENS
 from minieq.tokenizer import sigma_vae_sample
 from minieq.training import batches_from
@@ -31,15 +32,13 @@ class TrainingData:
     """
 
     def __init__(self, cfg, device: torch.device):
-        from minieq import data as mdata
-
         self.device = device
         self.tokenizer = None
         if cfg.tokenizer is not None:
             self.tokenizer = load_checkpoint(cfg.tokenizer, map_location=device,
                                              expect="ColumnTokenizer").requires_grad_(False)
         if cfg.latents is not None:
-            self.dataset = mdata.LatentDataset(cfg.latents)
+            self.dataset = LatentDataset(cfg.latents)
         elif self.tokenizer is not None:
             self.dataset = image_dataset(cfg, self.tokenizer.config)
         else:
@@ -73,8 +72,6 @@ class TrainingData:
 
 def image_dataset(cfg, tok_cfg):
     """The images to encode on the fly: TRAIN_TOKENS columns wide (256 × 256 at paper size)."""
-    from minieq.data import build_dataset
-
     return build_dataset(cfg.data, cfg.data_path, height=tok_cfg.image_height,
                          width=TRAIN_TOKENS * tok_cfg.column_width, num_images=cfg.synth_images,
                          seed=cfg.seed)

@@ -23,10 +23,14 @@ import time
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 
+from minieq.checkpoint import load_checkpoint, read_checkpoint
+from minieq.experiments import write_result
 from minieq.flow import SOLVERS, head_calls
+from minieq.metrics import fd_kid
 from minieq.pipeline import TRAIN_TOKENS, Pipeline
-from minieq.pretrained import heldout_images
+from minieq.pretrained import GENERATOR_FILE, heldout_images, pretrained_tokenizer
 from minieq.tokenizer import sigma_vae_sample
 
 # Step counts tried per solver: from visibly wrong to well past Euler-100's accuracy.
@@ -104,8 +108,6 @@ def pick_setting(curves: dict[str, dict], budget: tuple[str, int] = BUDGET) -> d
 
 def plot(curves: dict[str, dict], picked: dict, budget: tuple[str, int] = BUDGET):
     """Log-log error vs head calls per token, one panel per cfg; the budget's error as a line."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(4.2 * len(curves), 3.4))
     axes = fig.subplots(1, len(curves), squeeze=False)[0]
     for ax, (name, curve) in zip(axes, curves.items()):
@@ -126,8 +128,6 @@ def plot(curves: dict[str, dict], picked: dict, budget: tuple[str, int] = BUDGET
 def fd_check(pipe: Pipeline, settings: list[tuple[str, int, int]], num_images: int, cfg: float = 3.0,
              batch: int = 128) -> list[dict]:
     """Offline FD / KID vs ``num_images`` held-out renders for each (solver, steps, seed)."""
-    from minieq.metrics import fd_kid
-
     tok = pipe.tokenizer.config
     real = heldout_images(tok.image_height, TRAIN_TOKENS * tok.column_width, num_images)
     labels = torch.arange(num_images) % pipe.generator.config.num_classes  # balanced, like ``real``
@@ -144,10 +144,6 @@ def fd_check(pipe: Pipeline, settings: list[tuple[str, int, int]], num_images: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from minieq.checkpoint import load_checkpoint, read_checkpoint
-    from minieq.experiments import write_result
-    from minieq.pretrained import GENERATOR_FILE, pretrained_tokenizer
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--generator", type=Path, default=GENERATOR_FILE,
                         help="generator checkpoint (default: the shipped course generator)")

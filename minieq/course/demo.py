@@ -27,13 +27,23 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
+from minieq.analysis import seam_score
+from minieq.checkpoint import CheckpointError, read_checkpoint
+from minieq.course import tiny_generator, tiny_latents, tiny_tokenizer
+from minieq.data import SynthScapes
 from minieq.flow import SOLVERS
-from minieq.pipeline import TRAIN_TOKENS
+from minieq.metrics import ColumnPCA, baseline_reconstructions, frechet_distance, image_features, kid, psnr
+from minieq.pipeline import TRAIN_TOKENS, Pipeline
+from minieq.pretrained import (TOKENIZER_FILE, evaluate_tokenizer, heldout_images, pretrained_generator,
+                               pretrained_tokenizer)
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
-from minieq.viz import panorama, save_image_grid
+from minieq.utils import pick_device, seed_everything
+from minieq.viz import (frames_strip, labelled_stack, panorama, reconstruction_grid, regeneration_picture,
+                        save_gif, save_image_grid, token_by_token_frames)
 
 
 def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dict[str, Path]:
@@ -58,10 +68,6 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
     ``pca`` (a fitted :class:`minieq.metrics.ColumnPCA`) adds the no-training references
     (row/column means, the PCA column codec).
     """
-    from minieq.metrics import baseline_reconstructions, psnr
-    from minieq.pretrained import evaluate_tokenizer, heldout_images
-    from minieq.viz import frames_strip, reconstruction_grid, save_gif, token_by_token_frames
-
     cfg = tokenizer.config
     device = next(tokenizer.parameters()).device
     x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images,
@@ -89,9 +95,6 @@ def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int
 
 def fit_column_pca(cfg, width: int, seed: int = 0, num_images: int = 1024):
     """:class:`minieq.metrics.ColumnPCA` with the tokenizer's budget, fitted on training renders."""
-    from minieq.data import SynthScapes
-    from minieq.metrics import ColumnPCA
-
     train = SynthScapes(num_images, height=cfg.image_height, width=width, seed=seed, split="train")
     return ColumnPCA(torch.stack([train[i][0] for i in range(len(train))]), cfg.column_width, cfg.embed_dim)
 
@@ -102,8 +105,6 @@ def run_sampling_demo(pipe, out_dir: Path, cfg: float = 3.0, per_class: int = 4,
     """Class samples at the training width (``samples_by_class{tag}.png``), long panoramas
     ``long_{factor}x{tag}_<class>.png`` and the regeneration figure ``regeneration{tag}.png``.
     ``sampler`` (``solver``, ``steps``) picks the flow head's ODE solver."""
-    from minieq.analysis import seam_score
-
     num_classes = pipe.generator.config.num_classes
     labels = torch.arange(num_classes).repeat_interleave(per_class)
     samples = pipe.generate(labels, cfg=cfg, seed=seed, **sampler)  # (C·per_class, 3, H, pipe.train_width)
@@ -131,8 +132,6 @@ def run_regeneration_demo(pipe, path: Path, cfg: float = 3.0, seed: int = 0, num
                           **sampler) -> Path:
     """Paper Fig. 6: a 3×-wide mountain strip, its right half redrawn twice and a middle span
     redrawn once, each redrawn span marked in red above its version and its change below."""
-    from minieq.viz import regeneration_picture
-
     tokens = pipe.sample_tokens([0], num_tokens, cfg=cfg, seed=seed, **sampler)  # (1, N, C)
     idx = torch.arange(num_tokens)
     masks = [idx < num_tokens // 2, idx < num_tokens // 2,
@@ -153,10 +152,6 @@ def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: 
 
     EfficientNet-Lite0 features: NOT comparable with published FID numbers (Inception-v3).
     """
-    from minieq.metrics import frechet_distance, image_features, kid
-    from minieq.pretrained import heldout_images
-    from minieq.synthscapes import render_synthscapes
-
     first = next(iter(tokenizers.values())).config
     h, w = first.image_height, TRAIN_TOKENS * first.column_width
     labels = torch.arange(num_images) % len(SYNTHSCAPES_CLASSES)
@@ -183,9 +178,6 @@ def run_fd_demo(tokenizers: dict, pipes: dict, pca, num_images: int = 128, cfg: 
 
 def load_pretrained(device) -> tuple | None:
     """``(tokenizer, generator, latent_scale)`` shipped with minieq, or None (reason printed)."""
-    from minieq.checkpoint import CheckpointError
-    from minieq.pretrained import pretrained_generator, pretrained_tokenizer
-
     try:
         tok = pretrained_tokenizer(device)
         gen, scale = pretrained_generator(device)
@@ -197,22 +189,12 @@ def load_pretrained(device) -> tuple | None:
 
 def compare_figure(out_dir: Path, name: str, labels: dict[str, str]) -> Path:
     """``<name>.png``: the per-model pictures ``<name>_<model>.png`` stacked, each under its label."""
-    import numpy as np
-
-    from minieq.viz import labelled_stack
-
     panels = [(label, np.asarray(Image.open(out_dir / f"{name}_{model}.png").convert("RGB")))
               for model, label in labels.items()]
     return labelled_stack(panels, out_dir / f"{name}.png")
 
 
 def main(argv=None) -> dict:
-    from minieq.checkpoint import read_checkpoint
-    from minieq.course import tiny_generator, tiny_latents, tiny_tokenizer
-    from minieq.pipeline import Pipeline
-    from minieq.pretrained import TOKENIZER_FILE
-    from minieq.utils import pick_device, seed_everything
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder")
     parser.add_argument("--seed", type=int, default=0)

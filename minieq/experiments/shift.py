@@ -29,18 +29,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
+from minieq.cache_latents import cache_latents
 from minieq.checkpoint import load_checkpoint, read_checkpoint
 from minieq.cli import user_errors
 from minieq.config import ConfigBase
+from minieq.data import SynthScapes
 from minieq.experiments import experiment_parser, write_result
 from minieq.experiments.long_fidelity import (FidelityConfig, class_matched_images, crop_offsets,
                                               decode_strips, measure, reference_dataset, sample_strips,
                                               summarize)
 from minieq.pipeline import TRAIN_TOKENS, Pipeline
+from minieq.pretrained import pretrained_tokenizer
 from minieq.tokenizer import sigma_vae_sample
+from minieq.train_generator import GeneratorTrainConfig, train
 from minieq.utils import eval_mode, pick_device
+from minieq.viz import panorama
 
 
 @dataclass
@@ -72,8 +78,6 @@ class ShiftConfig(ConfigBase):
 
 def train_configs(config: ShiftConfig, latents: str, out: str | Path, seed: int = 0) -> dict:
     """``{shift_num: GeneratorTrainConfig}``: one recipe, only ``shift_num`` differs."""
-    from minieq.train_generator import GeneratorTrainConfig
-
     base = GeneratorTrainConfig.preset(config.train_preset)
     steps = {"max_steps": config.steps} if config.steps is not None else {}
     return {n: base.replace(latents=str(latents), out=str(Path(out) / f"shift{n}"), seed=seed,
@@ -103,9 +107,6 @@ def loss_at_offset(generator, tokens: torch.Tensor, labels: torch.Tensor, offset
 def _encoded_latents(tokenizer, images: int, path: Path, split: str, seed: int) -> Path:
     """Posterior means of ``images`` SynthScapes renders of the training size (with flips for the
     training split, as the course latents), cached at ``path``."""
-    from minieq.cache_latents import cache_latents
-    from minieq.data import SynthScapes
-
     if path.exists():
         return path
     width = TRAIN_TOKENS * tokenizer.config.column_width
@@ -128,9 +129,6 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
         SynthScapes val renders).
     :return: per run: the loss at each RoPE offset and the FD curve with its summary.
     """
-    from minieq.data import SynthScapes
-    from minieq.train_generator import train
-
     config = config or ShiftConfig.preset("cpu")
     out, device = Path(out), torch.device(device) if device is not None else pick_device()
     out.mkdir(parents=True, exist_ok=True)
@@ -180,10 +178,6 @@ def run(tokenizer, config: ShiftConfig | None = None, out: str | Path = "runs/ex
 
 def plot(result: dict, strips: dict | None = None):
     """Loss vs RoPE offset and FD vs crop offset for each ``shift_num``, above one strip of each."""
-    from matplotlib.figure import Figure
-
-    from minieq.viz import panorama
-
     runs, n = result["runs"], result["train_tokens"]
     rows = len(strips) if strips else 0
     fig = Figure(figsize=(11, 3.2 + 1.3 * rows), dpi=100)
@@ -237,7 +231,6 @@ def main(argv: list[str] | None = None) -> dict:
         if args.tokenizer:
             tokenizer = load_checkpoint(args.tokenizer, map_location=device, expect="ColumnTokenizer")
         else:
-            from minieq.course import pretrained_tokenizer
             tokenizer = pretrained_tokenizer(device)
         height, width = tokenizer.config.image_height, TRAIN_TOKENS * tokenizer.config.column_width
         # SynthScapes (None) is rendered inside run(), sized to the strips it needs.

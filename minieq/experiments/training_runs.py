@@ -22,9 +22,11 @@ import torch
 
 from minieq.analysis import per_position_loss
 from minieq.checkpoint import atomic_torch_save, load_checkpoint, read_checkpoint
-from minieq.data import SynthScapes
+from minieq.data import LatentDataset, SynthScapes
 from minieq.experiments.pca_codec import PCACodec
 from minieq.generator import FAST_SIZES
+from minieq.generator_data import num_classes_of
+from minieq.pretrained import pretrained_tokenizer
 from minieq.tokenizer import sigma_vae_sample
 from minieq.train_generator import GeneratorTrainConfig, train
 
@@ -86,9 +88,6 @@ def course_latents(path: str | Path | None = None, num_images: int = 1024, val_i
     (e.g. the ``latents.pt`` of a ``python -m minieq.pretrained generator`` run) or, without it,
     ``num_images`` stationary SynthScapes images + flips encoded here; held-out rows are always
     val-split images encoded here."""
-    from minieq.data import LatentDataset
-    from minieq.pretrained import pretrained_tokenizer
-
     tok = pretrained_tokenizer(device)
     dev = next(tok.parameters()).device
 
@@ -119,9 +118,6 @@ def file_latents(path: str | Path, val_rows: int = 10_000) -> Latents:
     copy), so nothing is held out: the loss is measured on its first ``val_rows`` rows, which
     are also trained on, like the paper's Figs. 3-4 (training loss).
     """
-    from minieq.data import LatentDataset
-    from minieq.generator_data import num_classes_of
-
     data = LatentDataset(path)
     if len(data) < val_rows:
         raise ValueError(f"{path}: {len(data)} rows are fewer than the {val_rows} the loss is measured on")
