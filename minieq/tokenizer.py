@@ -266,17 +266,12 @@ class ColumnTokenizer(nn.Module):
             raise ValueError("tokens contain NaN or inf values (a diverged generator or a bad latent "
                              "scale?); decode finite tokens only")
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The weights' dtype; encode and decode cast their inputs to it."""
-        return self.quant_layer.weight.dtype
-
     # ----- encode ---------------------------------------------------------------------------
     def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → posterior mean tokens (B, N, C)."""
         self._check_images(x)
         self._check_pixels(x)
-        x = x.to(self.dtype)  # half-precision images meet float32 weights (no-op when they match)
+        x = x.to(self.quant_layer.weight.dtype)  # e.g. float16 images, float32 weights; else a no-op
         moments = self.quant_layer(self.encoder(x))  # column (B, C, N); grid (B, C, Hf, Wf)
         return rearrange(moments, "b c ... -> b (...) c")  # -> (B, N, C); grid: raster order (row by row)
 
@@ -284,8 +279,8 @@ class ColumnTokenizer(nn.Module):
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Images → tokens (B, N, C): the posterior mean, or a σ-VAE draw if ``sample``.
 
-        Images of another float dtype (float16, bfloat16) are cast to the weights' dtype
-        (:attr:`dtype`), so the tokens come out in it; mixed precision is ``torch.autocast``'s job.
+        Images of another float dtype (float16, bfloat16) are cast to the weights' dtype, and so
+        are tokens in :meth:`decode`; mixed precision is ``torch.autocast``'s job.
         """
         mean = self.posterior_mean(x)
         return sigma_vae_sample(mean, self.config.noise_std, generator) if sample else mean
@@ -299,7 +294,7 @@ class ColumnTokenizer(nn.Module):
     def tokens_to_map(self, z: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, C) → the decoder's input map (B, z_channels, Hf, N / rows)."""
         self._check_tokens(z)
-        z = z.to(self.dtype)  # as in posterior_mean: the weights' precision decides
+        z = z.to(self.post_quant_layer.weight.dtype)  # as in posterior_mean
         if self.config.layout == "grid":
             h = rearrange(z, "b (hf wf) c -> b c hf wf", hf=self.config.final_height)  # raster order
         else:
