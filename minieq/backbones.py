@@ -258,7 +258,7 @@ def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = Fa
     Eval mode also turns off the Dropout(0.5) before each linear layer, which the official
     training left on (reference-spec §7).
     """
-    try:
+    try:  # an optional dependency (minieq[metrics]): without it LPIPS is off, not an error
         import lpips
     except ImportError:
         print("LPIPS off: the 'lpips' package is not installed (pip install lpips)")

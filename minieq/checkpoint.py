@@ -130,10 +130,11 @@ def _kind(model_class: str) -> str:
 
 
 def build_model(model_class: str, config: dict[str, Any], where: str = "checkpoint") -> nn.Module:
-    """Instantiate a registered model class from its config dict."""
-    # Importing the package registers every model class.
-    import minieq  # noqa: F401
+    """Instantiate a registered model class from its config dict.
 
+    The registry is full by the time this runs: importing any minieq module first runs the
+    package's ``__init__``, which imports the tokenizer and generator modules (they register).
+    """
     if model_class not in _REGISTRY:
         raise CheckpointError(f"{where}: unknown model class {model_class!r}; known: {sorted(_REGISTRY)}")
     cls = _REGISTRY[model_class]

@@ -7,14 +7,14 @@ import os
 import torch
 import torch.distributed as td
 
+from minieq.utils import pick_device
+
 
 def init_distributed(backend: str | None = None) -> torch.device:
     """Join the process group if launched by torchrun (RANK is set) and return this rank's device.
 
     NCCL on CUDA, gloo otherwise. Without torchrun this just returns ``pick_device()``.
     """
-    from minieq.utils import pick_device
-
     if "RANK" not in os.environ or td.is_initialized():
         return _local_device(pick_device())
     device = _local_device(pick_device())

@@ -16,6 +16,7 @@ of the calls (error-vs-cost curve: ``python -m minieq.bench.solvers``).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -32,10 +33,72 @@ SOLVERS = ("euler", "heun", "midpoint")
 _CALLS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
 
 
+# How the guidance scale ramps over the tokens of a sample (``generator_sampling.cfg_scale``).
+CFG_SCHEDULES = ("linear", "constant")
+
+
 def check_solver(solver: str) -> None:
     """Raise a one-line ValueError for a solver name not in :data:`SOLVERS`."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How to sample, checked once and passed whole from ``Pipeline.generate`` through
+    ``Generator.sample`` and the token loop down to :meth:`FlowHead.sample`.
+
+    :param solver: the flow head's ODE solver, one of :data:`SOLVERS` (``"euler"`` = official).
+    :param steps: solver steps per token; None = the generator config's ``num_sampling_steps``.
+    :param cfg: classifier-free guidance scale s (1.0 = no guidance).
+    :param cfg_schedule: one of :data:`CFG_SCHEDULES`, how s ramps over the tokens: ``"linear"``
+        (official) or ``"constant"``. The token loop reads it; the head sees one token's scale.
+    :param temperature: multiplies the initial flow noise (1.0 = official; 0 = no noise).
+    """
+
+    solver: str = "euler"
+    steps: int | None = None
+    cfg: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0
+
+    def __post_init__(self):
+        check_solver(self.solver)
+        steps = self.steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"steps must be an integer >= 1 or None (the config's count), got {steps!r}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
+        _check_scale("cfg", self.cfg, "1.0 = no guidance")
+        _check_scale("temperature", self.temperature, "1.0 = the official sampler, < 1 less diverse")
+
+    @classmethod
+    def from_call(cls, options: SamplingOptions | None, **keywords) -> SamplingOptions:
+        """The options of a sampling call: ``options`` when given, else built from the call's
+        keywords (solver, steps, cfg, cfg_schedule, temperature).
+
+        Giving ``options`` together with a keyword that differs from its default is refused:
+        which of the two should win is not obvious to a reader of the call.
+        """
+        if options is None:
+            return cls(**keywords)
+        if not isinstance(options, cls):
+            raise TypeError(f"options must be a minieq.flow.SamplingOptions, got {type(options).__name__}")
+        default = cls()
+        both = [name for name, value in keywords.items() if value != getattr(default, name)]
+        if both:
+            raise ValueError(f"got options= and {', '.join(both)}=; put every setting in the options "
+                             f"(dataclasses.replace(options, {both[0]}=...)) or leave options out")
+        return options
+
+
+def _check_scale(name: str, value, meaning: str) -> None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError, RuntimeError):  # not a number, or a tensor of several
+        number = math.nan
+    if not (math.isfinite(number) and number >= 0):  # NaN would give NaN tokens silently
+        raise ValueError(f"{name} must be a finite number >= 0 ({meaning}), got {value!r}")
 
 
 def head_calls(solver: str, steps: int) -> int:
@@ -223,18 +286,11 @@ class FlowHead(nn.Module):
         v = self.velocity(z_t, t, c)
         return F.mse_loss(v.float(), (eps - x0).float(), reduction="none").mean(dim=-1)
 
-    def resolve_steps(self, steps: int | None = None, num_steps: int | None = None) -> int:
-        """The step count: ``steps``, else its older alias ``num_steps``, else the config's."""
-        if steps is not None and num_steps is not None and steps != num_steps:
-            raise ValueError(f"steps={steps} and num_steps={num_steps} disagree; give one of them")
-        steps = steps if steps is not None else num_steps
-        return self.num_sampling_steps if steps is None else steps
-
     @torch.no_grad()
-    def sample(self, c: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 1.0,
-               noise: torch.Tensor | None = None, temperature: float = 1.0,
-               num_steps: int | None = None, generator: torch.Generator | None = None,
-               solver: str = "euler", steps: int | None = None) -> torch.Tensor:
+    def sample(self, c: torch.Tensor, uncond: torch.Tensor | None = None, cfg: float = 1.0, *,
+               noise: torch.Tensor | None = None, temperature: float = 1.0, solver: str = "euler",
+               steps: int | None = None, generator: torch.Generator | None = None,
+               options: SamplingOptions | None = None) -> torch.Tensor:
         """Integrate the flow from t = 1 (noise) to t = 0 with ``solver`` (official: Euler,
         z <- z − v(z, t)/N for t = N/N, ..., 1/N).
 
@@ -245,15 +301,17 @@ class FlowHead(nn.Module):
         :param noise: initial noise ε (M, C); drawn from ``generator`` when None.
         :param temperature: multiplies the initial noise (1.0 = the official sampler, which
             accepts a temperature but ignores it; < 1 trades diversity for fidelity).
-        :param num_steps: older name of ``steps``.
         :param solver: one of :data:`SOLVERS`; ``"euler"`` is the official sampler.
         :param steps: solver steps (default: ``self.num_sampling_steps``); the head runs
             :func:`head_calls` (solver, steps) times.
+        :param options: a :class:`SamplingOptions` instead of ``cfg``, ``temperature``,
+            ``solver`` and ``steps`` (its ``cfg_schedule`` is the token loop's business).
         :return: samples x0 (M, C).
         """
-        check_solver(solver)
-        steps = self.resolve_steps(steps, num_steps)
+        options = SamplingOptions.from_call(options, cfg=cfg, temperature=temperature, solver=solver,
+                                            steps=steps)
+        steps = self.num_sampling_steps if options.steps is None else options.steps
         if noise is None:
             noise = torch.randn(c.shape[0], self.channels, device=c.device, generator=generator)
-        z = noise.to(c.device, torch.float32) * temperature  # (M, C)
-        return integrate(_GuidedVelocity(self.net, c, uncond, cfg), z, solver, steps)
+        z = noise.to(c.device, torch.float32) * options.temperature  # (M, C)
+        return integrate(_GuidedVelocity(self.net, c, uncond, options.cfg), z, options.solver, steps)

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 from minieq.attention import Block, LayerCache, RotaryTable, windowed_causal_mask
 from minieq.checkpoint import register_model
 from minieq.config import ConfigBase
-from minieq.flow import FlowHead
+from minieq.flow import FlowHead, SamplingOptions
 from minieq.generator_sampling import CachedStream, RecomputeStream, StrictStream, sampling_loop
 
 
@@ -143,7 +143,10 @@ class Generator(nn.Module):
         null = self.fake_latent.expand(batch, -1)  # (B, D)
         if labels is None:
             return null
-        labels = labels.to(self.fake_latent.device)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"labels must be integer class ids (e.g. torch.tensor([3, 5]) or "
+                             f"labels.long()), got dtype {labels.dtype}")
+        labels = labels.to(self.fake_latent.device, torch.long)  # int32/uint8 ids index the table too
         if labels.shape != (batch,):
             raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
         if labels.min() < 0 or labels.max() >= self.config.num_classes:
@@ -265,14 +268,15 @@ class Generator(nn.Module):
         return CachedStream(self, class_vec)
 
     @torch.no_grad()
-    def sample(self, labels: torch.Tensor | None, num_tokens: int, cfg: float = 1.0,
-               cfg_schedule: str = "linear", temperature: float = 1.0, noise: torch.Tensor | None = None,
+    def sample(self, labels: torch.Tensor | None, num_tokens: int, *, cfg: float = 1.0,
+               cfg_schedule: str = "linear", temperature: float = 1.0, solver: str = "euler",
+               steps: int | None = None, noise: torch.Tensor | None = None,
                prefix: torch.Tensor | None = None, use_cache: bool = True, progress: bool = False,
                generator: torch.Generator | None = None, batch_size: int | None = None,
-               solver: str = "euler", steps: int | None = None) -> torch.Tensor:
+               options: SamplingOptions | None = None) -> torch.Tensor:
         """Sample (B, num_tokens, C) tokens left to right in the generator's latent space.
 
-        :param labels: (B,) class ids, or None for unconditional samples (then give
+        :param labels: (B,) integer class ids, or None for unconditional samples (then give
             ``batch_size``, ``noise`` or ``prefix`` to fix B).
         :param cfg: classifier-free guidance scale on the flow velocity (1.0 = none).
         :param cfg_schedule: ``"linear"``: token k uses 1 + (cfg − 1)·(k + 1)/num_tokens (official);
@@ -280,14 +284,18 @@ class Generator(nn.Module):
             their first tokens (e.g. 128 tokens, cfg 7: <= 1.75 for tokens 0..15).
             ``"constant"``: cfg everywhere.
         :param temperature: scales the initial flow noise (1.0 = official).
+        :param solver: the flow head's ODE solver, one of :data:`minieq.flow.SOLVERS`
+            (``"euler"`` = official; ``python -m minieq.bench.solvers`` measures the others).
+        :param steps: solver steps per token (None: ``config.num_sampling_steps``).
         :param noise: (B, num_tokens, C) initial flow noise per token, for reproducible runs.
         :param prefix: (B, P, C) given first tokens; the rest is sampled (continuation).
         :param use_cache: sliding-window KV cache (fast) or full recompute (official); same result.
         :param generator: torch.Generator for the noise when ``noise`` is None.
-        :param solver: the flow head's ODE solver, one of :data:`minieq.flow.SOLVERS`
-            (``"euler"`` = official; ``python -m minieq.bench.solvers`` measures the others).
-        :param steps: solver steps per token (None: ``config.num_sampling_steps``).
+        :param options: a :class:`minieq.flow.SamplingOptions` holding the five settings above
+            (cfg .. steps) instead of the keywords.
         """
+        options = SamplingOptions.from_call(options, cfg=cfg, cfg_schedule=cfg_schedule,
+                                            temperature=temperature, solver=solver, steps=steps)
         if num_tokens < 1:
             raise ValueError(f"num_tokens must be >= 1, got {num_tokens}")
         B = _batch_size(labels, noise, prefix, batch_size)
@@ -300,21 +308,28 @@ class Generator(nn.Module):
                                  f"got {tuple(prefix.shape)}")
             given[:, :prefix.shape[1]] = prefix
             keep[:, :prefix.shape[1]] = True
-        return sampling_loop(self, labels, given, keep, cfg, cfg_schedule, temperature, noise,
-                             use_cache, progress, generator, solver, steps)
+        return sampling_loop(self, labels, given, keep, options, noise=noise, use_cache=use_cache,
+                             progress=progress, generator=generator)
 
     @torch.no_grad()
-    def regenerate(self, tokens: torch.Tensor, labels: torch.Tensor | None, keep_mask: torch.Tensor,
-                   **kwargs) -> torch.Tensor:
+    def regenerate(self, tokens: torch.Tensor, labels: torch.Tensor | None, keep_mask: torch.Tensor, *,
+                   cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
+                   solver: str = "euler", steps: int | None = None, noise: torch.Tensor | None = None,
+                   use_cache: bool = True, progress: bool = False,
+                   generator: torch.Generator | None = None,
+                   options: SamplingOptions | None = None) -> torch.Tensor:
         """Keep the tokens where ``keep_mask`` (B, N) or (N,) is True, resample the others left to
         right, each conditioned on everything before it (paper Fig. 6, interactive generation).
 
-        Takes the keyword arguments of :meth:`sample` except ``prefix`` and ``batch_size``.
+        The keyword arguments are those of :meth:`sample`.
         """
+        options = SamplingOptions.from_call(options, cfg=cfg, cfg_schedule=cfg_schedule,
+                                            temperature=temperature, solver=solver, steps=steps)
         self._check_tokens(tokens, "tokens")
         tokens = tokens.to(self.fake_latent.device)
         keep = keep_mask.to(tokens.device, torch.bool).expand(tokens.shape[:2])  # (B, N)
-        return sampling_loop(self, labels, tokens.clone(), keep.clone(), **kwargs)
+        return sampling_loop(self, labels, tokens.clone(), keep.clone(), options, noise=noise,
+                             use_cache=use_cache, progress=progress, generator=generator)
 
 
 def _batch_size(labels, noise, prefix, batch_size) -> int:

@@ -16,22 +16,38 @@ All three give the same rows (tests/test_generator.py checks it).
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import Any, Protocol
 
 import torch
 
-from minieq.flow import check_solver
+from minieq.attention import LayerCache
+from minieq.flow import FlowHead, SamplingOptions
 from minieq.logger import progress as progress_bar
 from minieq.utils import eval_mode
 
-if TYPE_CHECKING:  # generator.py imports this module; the name is for annotations only
-    from minieq.generator import Generator
+
+class StepModel(Protocol):
+    """What the streams and the loop use of :class:`minieq.generator.Generator` (an nn.Module):
+    its step interface. Typed by structure, so this module needs nothing from generator.py,
+    which imports it (the dependency goes one way)."""
+
+    config: Any
+    head: FlowHead
+
+    def class_vectors(self, labels: torch.Tensor | None, batch: int) -> torch.Tensor: ...
+    def buffer_path(self, class_vec: torch.Tensor) -> tuple[list, torch.Tensor]: ...
+    def new_caches(self) -> list[LayerCache]: ...
+    def step(self, tokens: torch.Tensor, kvs, start: int, caches: list[LayerCache] | None = None) -> torch.Tensor: ...
+    def hidden(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor: ...
+    def condition_rows(self, tokens: torch.Tensor, class_vec: torch.Tensor, shift: int) -> torch.Tensor: ...
+    def stream(self, class_vec: torch.Tensor, num_tokens: int, use_cache: bool = True): ...
 
 
 class CachedStream:
     """Incremental stack with a per-layer sliding KV cache (window and full-causal variants)."""
 
-    def __init__(self, gen: Generator, class_vec: torch.Tensor):
+    def __init__(self, gen: StepModel, class_vec: torch.Tensor):
         self.gen = gen
         self.kvs, self.next_row = gen.buffer_path(class_vec)  # per-layer cross K/V, row 0 (B, D)
         self.caches = gen.new_caches()
@@ -52,7 +68,7 @@ class CachedStream:
 class StrictStream:
     """"Real Equ.": row k comes from the stack run on tokens max(0, k-K) .. k-1 only."""
 
-    def __init__(self, gen: Generator, class_vec: torch.Tensor, window: int):
+    def __init__(self, gen: StepModel, class_vec: torch.Tensor, window: int):
         self.gen, self.class_vec, self.window = gen, class_vec, window
         self.row0 = gen.buffer_path(class_vec)[1]  # (B, D)
         self.recent: list[torch.Tensor] = []
@@ -73,7 +89,7 @@ class StrictStream:
 class RecomputeStream:
     """The official way: the whole (zero-padded) sequence through the stack for every token."""
 
-    def __init__(self, gen: Generator, class_vec: torch.Tensor, num_tokens: int):
+    def __init__(self, gen: StepModel, class_vec: torch.Tensor, num_tokens: int):
         self.gen, self.class_vec = gen, class_vec
         self.tokens = torch.zeros(class_vec.shape[0], num_tokens, gen.config.token_dim,
                                   device=class_vec.device)  # (B, N, C)
@@ -97,23 +113,22 @@ def cfg_scale(cfg: float, schedule: str, k: int, num_tokens: int) -> float:
     raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {schedule!r}")
 
 
-def sampling_loop(gen: Generator, labels, given: torch.Tensor, keep: torch.Tensor, cfg: float = 1.0,
-                  cfg_schedule: str = "linear", temperature: float = 1.0, noise=None,
-                  use_cache: bool = True, progress: bool = False, generator=None,
-                  solver: str = "euler", steps: int | None = None) -> torch.Tensor:
+def token_options(options: SamplingOptions, k: int, num_tokens: int) -> SamplingOptions:
+    """The options of token k alone: its guidance scale from the schedule, held constant."""
+    return replace(options, cfg=cfg_scale(options.cfg, options.cfg_schedule, k, num_tokens),
+                   cfg_schedule="constant")
+
+
+def sampling_loop(gen: StepModel, labels: torch.Tensor | None, given: torch.Tensor, keep: torch.Tensor,
+                  options: SamplingOptions, *, noise: torch.Tensor | None = None, use_cache: bool = True,
+                  progress: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
     """The one sampling loop: tokens where ``keep`` (B, N) is True are copied from ``given``
     (B, N, C) (prefix continuation, regeneration), the others are sampled left to right, each
-    by the flow head's ``solver`` with ``steps`` steps (None: the config's count)."""
+    by the flow head with ``options`` (token k at its scheduled guidance, :func:`token_options`)."""
     B, N, C = given.shape
     if noise is not None and noise.shape != (B, N, C):
         raise ValueError(f"noise must have shape {(B, N, C)}, got {tuple(noise.shape)}")
-    if not cfg >= 0:
-        raise ValueError(f"cfg must be >= 0 (1.0 = no guidance), got {cfg}")
-    cfg_scale(cfg, cfg_schedule, 0, N)  # validates the schedule name
-    check_solver(solver)
-    if steps is not None and not (isinstance(steps, int) and steps >= 1):
-        raise ValueError(f"steps must be an integer >= 1 or None (the config's count), got {steps!r}")
-    guided = cfg != 1.0 and labels is not None
+    guided = options.cfg != 1.0 and labels is not None
     with eval_mode(gen):  # sampling is eval behaviour: no dropout, no position shift
         class_vec = gen.class_vectors(labels, B)  # (B, D)
         if guided:
@@ -124,10 +139,8 @@ def sampling_loop(gen: Generator, labels, given: torch.Tensor, keep: torch.Tenso
             row = stream.row(k)  # (B or 2B, D)
             if not keep[:, k].all():
                 c, u = row.chunk(2) if guided else (row, None)
-                z = gen.head.sample(c, u, cfg_scale(cfg, cfg_schedule, k, N),
-                                    noise=None if noise is None else noise[:, k],
-                                    temperature=temperature, generator=generator,
-                                    solver=solver, steps=steps)  # (B, C)
+                z = gen.head.sample(c, u, noise=None if noise is None else noise[:, k], generator=generator,
+                                    options=token_options(options, k, N))  # (B, C)
                 tokens[:, k] = torch.where(keep[:, k, None], tokens[:, k], z)
             if k < N - 1:
                 stream.push(k, tokens[:, k].repeat(2, 1) if guided else tokens[:, k])

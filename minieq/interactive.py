@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from minieq.flow import SamplingOptions
 from minieq.pipeline import Pipeline
 from minieq.viz import to_uint8
 
@@ -80,8 +81,9 @@ class StripEditor:
                              f"got {num_tokens}")
         return int(num_tokens)
 
-    def _sample_kwargs(self) -> dict:
-        return dict(cfg=self.cfg, cfg_schedule="constant", temperature=self.temperature, generator=self.rng)
+    def _sample_kwargs(self) -> dict:  # constant guidance: see the module docstring
+        options = SamplingOptions(cfg=self.cfg, cfg_schedule="constant", temperature=self.temperature)
+        return dict(options=options, generator=self.rng)
 
     def _labels(self) -> torch.Tensor:
         num_classes = self.pipe.generator.config.num_classes

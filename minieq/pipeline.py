@@ -17,6 +17,7 @@ from torch import nn
 
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
 from minieq.config import token_columns
+from minieq.flow import SamplingOptions
 from minieq.generator_data import TRAIN_TOKENS
 
 class Pipeline:
@@ -105,34 +106,38 @@ class Pipeline:
         return images.clamp(-1, 1)
 
     @torch.no_grad()
-    def sample_tokens(self, labels, num_tokens: int, cfg: float = 1.0, cfg_schedule: str = "linear",
-                      temperature: float = 1.0, seed: int | None = None, progress: bool = False,
-                      prefix: torch.Tensor | None = None, solver: str = "euler", steps: int | None = None,
-                      **sample_kwargs) -> torch.Tensor:
-        """Generator-space tokens (B, num_tokens, C); ``seed`` makes the draw reproducible;
-        ``solver``/``steps``: the flow head's ODE solver (:meth:`Generator.sample`)."""
+    def sample_tokens(self, labels, num_tokens: int, *, cfg: float = 1.0, cfg_schedule: str = "linear",
+                      temperature: float = 1.0, solver: str = "euler", steps: int | None = None,
+                      seed: int | None = None, progress: bool = False, prefix: torch.Tensor | None = None,
+                      options: SamplingOptions | None = None, **sample_kwargs) -> torch.Tensor:
+        """Generator-space tokens (B, num_tokens, C); ``seed`` makes the draw reproducible. The
+        sampling settings (cfg .. steps, or ``options``) are those of :meth:`Generator.sample`."""
+        options = SamplingOptions.from_call(options, cfg=cfg, cfg_schedule=cfg_schedule,
+                                            temperature=temperature, solver=solver, steps=steps)
         generator = None
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
-        return self.generator.sample(self._labels(labels), num_tokens, cfg=cfg, cfg_schedule=cfg_schedule,
-                                     temperature=temperature, prefix=prefix, progress=progress,
-                                     generator=generator, solver=solver, steps=steps, **sample_kwargs)
+        return self.generator.sample(self._labels(labels), num_tokens, options=options, prefix=prefix,
+                                     progress=progress, generator=generator, **sample_kwargs)
 
-    def generate(self, labels: Sequence[int] | torch.Tensor | int, width: int | None = None,
+    def generate(self, labels: Sequence[int] | torch.Tensor | int, width: int | None = None, *,
                  cfg: float = 1.0, cfg_schedule: str = "linear", temperature: float = 1.0,
-                 seed: int | None = None, progress: bool = False, solver: str = "euler",
-                 steps: int | None = None, **sample_kwargs) -> torch.Tensor:
+                 solver: str = "euler", steps: int | None = None, seed: int | None = None,
+                 progress: bool = False, options: SamplingOptions | None = None,
+                 **sample_kwargs) -> torch.Tensor:
         """Images (B, 3, H, width) in [-1, 1], one per label.
 
         ``width`` defaults to :attr:`train_width` (16 tokens in the paper) and may be any multiple of the
         column width: the generator's windowed attention makes every length the same task
         (Sec. 3.3; the long images of Fig. 5). ``solver``/``steps`` pick the flow head's ODE
-        solver (default: the official Euler with the config's step count).
+        solver (default: the official Euler with the config's step count); the five sampling
+        settings may come as one :class:`minieq.flow.SamplingOptions` (``options``) instead.
         """
+        options = SamplingOptions.from_call(options, cfg=cfg, cfg_schedule=cfg_schedule,
+                                            temperature=temperature, solver=solver, steps=steps)
         width = self.train_width if width is None else width
-        tokens = self.sample_tokens(labels, self.num_tokens(width), cfg=cfg, cfg_schedule=cfg_schedule,
-                                    temperature=temperature, seed=seed, progress=progress,
-                                    solver=solver, steps=steps, **sample_kwargs)
+        tokens = self.sample_tokens(labels, self.num_tokens(width), options=options, seed=seed,
+                                    progress=progress, **sample_kwargs)
         return self.decode(tokens)
 
     def continue_(self, images: torch.Tensor, labels, width: int, **kwargs) -> torch.Tensor:

@@ -74,7 +74,7 @@ class TokenizerConfig(ConfigBase):
         "course_gpu": dict(image_height=128, ch=64, ch_mult=[1, 1, 2, 4], z_channels=64,
                            embed_dim=64, len_down_scale=3, semantic_ch=32),
     }
-    # The size of the official parity fixture (python -m minieq.bench_decode): the paper's shape
+    # The size of the official parity fixture (python -m minieq.bench.decode): the paper's shape
     # (256 px high, 16 px columns), about 30x fewer channels. Fits a laptop CPU.
     PRESETS["golden"] = {**PRESETS["tiny"], **dict(
         image_height=256, ch=32, ch_mult=[1, 1, 2, 2, 2], num_res_blocks=1, attn_resolutions=[16],
@@ -249,6 +249,7 @@ class ColumnTokenizer(nn.Module):
                              "for [0, 255] images use x / 127.5 - 1")
 
     def _check_tokens(self, z: torch.Tensor) -> None:
+        """Shape and, in eval mode only (a device sync, as for pixels), finite values."""
         cfg = self.config
         if z.dim() != 3 or z.shape[-1] != cfg.embed_dim:
             raise ValueError(f"decode expects tokens (B, N, {cfg.embed_dim}), got {tuple(z.shape)}")
@@ -258,18 +259,26 @@ class ColumnTokenizer(nn.Module):
             raise ValueError(f"cannot decode {n} tokens: need at least 2 token columns"
                              + (f" of {rows} raster-order rows each" if rows > 1 else "")
                              + " (reflect padding needs length ≥ 2)")
+        if not self.training and z.device.type != "meta" and not bool(torch.isfinite(z).all()):
+            raise ValueError("tokens contain NaN or inf values (a diverged generator or a bad latent "
+                             "scale?); decode finite tokens only")
 
     # ----- encode ---------------------------------------------------------------------------
     def posterior_mean(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, 3, H, W) → posterior mean tokens (B, N, C)."""
         self._check_images(x)
         self._check_pixels(x)
+        x = x.to(self.quant_layer.weight.dtype)  # e.g. float16 images, float32 weights; else a no-op
         moments = self.quant_layer(self.encoder(x))  # column (B, C, N); grid (B, C, Hf, Wf)
         return rearrange(moments, "b c ... -> b (...) c")  # -> (B, N, C); grid: raster order (row by row)
 
     def encode(self, x: torch.Tensor, sample: bool = False,
                generator: torch.Generator | None = None) -> torch.Tensor:
-        """Images → tokens (B, N, C): the posterior mean, or a σ-VAE draw if ``sample``."""
+        """Images → tokens (B, N, C): the posterior mean, or a σ-VAE draw if ``sample``.
+
+        Images of another float dtype (float16, bfloat16) are cast to the weights' dtype, and so
+        are tokens in :meth:`decode`; mixed precision is ``torch.autocast``'s job.
+        """
         mean = self.posterior_mean(x)
         return sigma_vae_sample(mean, self.config.noise_std, generator) if sample else mean
 
@@ -282,6 +291,7 @@ class ColumnTokenizer(nn.Module):
     def tokens_to_map(self, z: torch.Tensor) -> torch.Tensor:
         """Tokens (B, N, C) → the decoder's input map (B, z_channels, Hf, N / rows)."""
         self._check_tokens(z)
+        z = z.to(self.post_quant_layer.weight.dtype)  # as in posterior_mean
         if self.config.layout == "grid":
             h = rearrange(z, "b (hf wf) c -> b c hf wf", hf=self.config.final_height)  # raster order
         else:

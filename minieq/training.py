@@ -3,7 +3,7 @@
 - :class:`ResumableSampler` gives every (seed, epoch) one fixed order, sharded over DDP ranks,
   and can start mid-epoch, so a resumed run replays exactly the batches a straight run sees.
 - :class:`TrainState` bundles what a checkpoint must hold for an exact resume: optimizers,
-  LR schedulers, EMA, step and every RNG state.
+  EMA, step and every RNG state (the LR schedules below have no state).
 - :func:`resume_source` is the rerun rule of both trainers: continue from ``--resume``, else
   from the run folder's own checkpoint; start at step 0 only without one or with ``fresh``.
 - :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
@@ -150,10 +150,9 @@ class TrainState:
     """Everything besides the model weights that an exact resume needs."""
 
     def __init__(self, model: nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                 schedulers: dict[str, Any] | None = None, ema: EMA | None = None, step: int = 0):
+                 ema: EMA | None = None, step: int = 0):
         self.model = model
         self.optimizers = optimizers
-        self.schedulers = schedulers or {}
         self.ema = ema
         self.step = step
 
@@ -161,7 +160,6 @@ class TrainState:
         return {
             "step": self.step,
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
-            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "rng": get_rng_state(),
         }
@@ -170,8 +168,6 @@ class TrainState:
         self.step = state["step"]
         for k, o in self.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
-        for k, s in self.schedulers.items():
-            s.load_state_dict(state["schedulers"][k])
         if self.ema is not None and state["ema"] is not None:
             self.ema.load_state_dict(state["ema"])
         set_rng_state(state["rng"])

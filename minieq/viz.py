@@ -12,10 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
+import imageio.v2 as imageio
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
+from matplotlib.figure import Figure
+from PIL import Image
 
 from minieq.utils import eval_mode
 
@@ -53,8 +57,6 @@ def image_grid(images, nrow: int = 8, padding: int = 2, pad_value: int = 255) ->
 
 def save_image_grid(path: str | Path, images, nrow: int = 8, padding: int = 2) -> Path:
     """Write :func:`image_grid` of ``images`` to ``path`` (PNG/JPEG by extension)."""
-    from PIL import Image
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image_grid(images, nrow=nrow, padding=padding)).save(path)
@@ -68,8 +70,6 @@ def show_images(images, nrow: int = 8, title: str | None = None, zoom: float = 2
     The figure is sized so that one image pixel is ``zoom`` screen pixels at ``dpi``; the
     default keeps notebook outputs small. Returns the matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
-
     picture = images if isinstance(images, np.ndarray) else image_grid(images, nrow=nrow)
     h, w = picture.shape[:2]
     fig, ax = plt.subplots(figsize=(w * zoom / dpi, h * zoom / dpi + (0.4 if title else 0)),
@@ -176,8 +176,6 @@ def save_gif(frames: Sequence[torch.Tensor], path: str | Path, fps: float = 6,
              hold_last: float = 1.0) -> Path:
     """Write frames as a looping GIF at ``fps``; the last frame stays on screen ``hold_last``
     extra seconds so that the finished reconstruction can be looked at."""
-    import imageio.v2 as imageio
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     step_ms = 1000 / fps
@@ -234,13 +232,11 @@ def labelled_stack(panels: Sequence[tuple[str, np.ndarray]], path: str | Path, s
     :param panels: ``(label, uint8 (H, W, 3) picture)`` pairs, drawn top to bottom.
     :param scale: screen pixels per picture pixel (small course images need enlarging).
     """
-    # A bare Figure (no pyplot): nothing is shown and no notebook backend is touched.
-    from matplotlib.figure import Figure
-
     if not panels:
         raise ValueError("labelled_stack needs at least one (label, picture) pair")
     width = max(p.shape[1] for _, p in panels) * scale / dpi
     heights = [p.shape[0] * scale / dpi + 0.3 for _, p in panels]  # + room for the label
+    # A bare Figure, not plt.figure: it is never shown and stays out of pyplot's figure list.
     fig = Figure(figsize=(width, sum(heights)), dpi=dpi)
     axes = fig.subplots(len(panels), 1, gridspec_kw={"height_ratios": heights}, squeeze=False)
     for ax, (label, picture) in zip(axes[:, 0], panels):
@@ -261,8 +257,6 @@ def plot_loss_curves(rows: Sequence[dict], keys: Sequence[str], smooth: float = 
     :param smooth: exponential-moving-average factor in [0, 1) applied to each curve.
     :return: the matplotlib Figure.
     """
-    import matplotlib.pyplot as plt
-
     if not 0.0 <= smooth < 1.0:
         raise ValueError(f"smooth must be in [0, 1), got {smooth}")
     if ax is None:

@@ -32,7 +32,7 @@ class StripWidget:
     """
 
     def __init__(self, editor: StripEditor, class_names: list[str], max_tokens: int = 128, zoom: int = 3):
-        import ipywidgets as w
+        import ipywidgets as w  # a notebook-only dependency (minieq[dev]): the editor works without it
 
         self.editor, self.zoom = editor, zoom
         self.label = w.Dropdown(options=[(name, i) for i, name in enumerate(class_names)],

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from minieq.flow import SOLVERS, FlowHead, head_calls, integrate, timestep_embedding
+from minieq.flow import SOLVERS, FlowHead, SamplingOptions, head_calls, integrate, timestep_embedding
 
 
 def _head(seed=0, randomize=True):
@@ -61,7 +61,7 @@ def test_euler_steps_follow_the_velocity():
     head = _head()
     c, noise = torch.randn(3, 16), torch.randn(3, 6)
     expected = noise - head.velocity(noise, torch.ones(3), c)
-    assert torch.allclose(head.sample(c, noise=noise, num_steps=1), expected, atol=1e-6)
+    assert torch.allclose(head.sample(c, noise=noise, steps=1), expected, atol=1e-6)
 
 
 def test_cfg_combines_velocities():
@@ -70,7 +70,7 @@ def test_cfg_combines_velocities():
     # Scale 1 keeps the conditional velocity, 0 the unconditional one.
     assert torch.allclose(head.sample(c, u, cfg=1.0, noise=noise), head.sample(c, noise=noise), atol=1e-5)
     assert torch.allclose(head.sample(c, u, cfg=0.0, noise=noise), head.sample(u, noise=noise), atol=1e-5)
-    one = head.sample(c, u, cfg=3.0, noise=noise, num_steps=1)
+    one = head.sample(c, u, cfg=3.0, noise=noise, steps=1)
     v_c, v_u = head.velocity(noise, torch.ones(3), c), head.velocity(noise, torch.ones(3), u)
     assert torch.allclose(one, noise - (v_u + 3.0 * (v_c - v_u)), atol=1e-5)
 
@@ -147,15 +147,51 @@ def test_head_calls_are_counted_per_token(solver, guided, monkeypatch):
     assert len(rows) == head_calls(solver, 8)
 
 
-def test_steps_alias_and_bad_solver_arguments():
+def test_bad_solver_arguments():
     head = _head()
     c, noise = torch.randn(3, 16), torch.randn(3, 6)
-    assert torch.equal(head.sample(c, noise=noise, num_steps=3), head.sample(c, noise=noise, steps=3))
-    with pytest.raises(ValueError, match="disagree"):
-        head.sample(c, noise=noise, num_steps=3, steps=4)
     with pytest.raises(ValueError, match=r"unknown solver 'rk4'; choose one of \('euler', 'heun'"):
         head.sample(c, noise=noise, solver="rk4")
     with pytest.raises(ValueError, match="unknown solver"):
         head_calls("rk4", 3)
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         head.sample(c, noise=noise, steps=0)
+
+
+# ---- sampling options ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("change, message", [
+    (dict(solver="rk4"), r"unknown solver 'rk4'; choose one of \('euler', 'heun'"),
+    (dict(steps=0), "steps must be an integer >= 1 or None"),
+    (dict(steps=2.5), "steps must be an integer >= 1 or None"),
+    (dict(steps=True), "steps must be an integer >= 1 or None"),
+    (dict(cfg_schedule="cosine"), "cfg_schedule must be 'linear' or 'constant'"),
+    (dict(cfg=-1.0), r"cfg must be a finite number >= 0 \(1.0 = no guidance\), got -1.0"),
+    (dict(cfg=float("inf")), "cfg must be a finite number >= 0"),
+    (dict(temperature=float("nan")), r"temperature must be a finite number >= 0 \(1.0 = the official"),
+    (dict(temperature=-0.5), "temperature must be a finite number >= 0"),
+    (dict(temperature="warm"), "temperature must be a finite number >= 0"),
+])
+def test_sampling_options_are_checked_once_with_one_clear_error(change, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingOptions(**change)
+
+
+def test_sampling_options_defaults_are_the_official_sampler_and_frozen():
+    options = SamplingOptions()
+    assert (options.solver, options.steps, options.cfg, options.cfg_schedule, options.temperature) == \
+        ("euler", None, 1.0, "linear", 1.0)
+    with pytest.raises(AttributeError):
+        options.cfg = 3.0  # frozen: one object can be shared by many calls
+
+
+def test_head_takes_options_or_keywords_not_both():
+    head = _head()
+    c, u, noise = torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 6)
+    options = SamplingOptions(solver="heun", steps=3, cfg=2.5, temperature=0.7)
+    assert torch.equal(head.sample(c, u, noise=noise, options=options),
+                       head.sample(c, u, cfg=2.5, noise=noise, temperature=0.7, solver="heun", steps=3))
+    with pytest.raises(ValueError, match="got options= and cfg=; put every setting in the options"):
+        head.sample(c, u, cfg=2.0, noise=noise, options=options)
+    with pytest.raises(TypeError, match="SamplingOptions"):
+        head.sample(c, noise=noise, options={"solver": "heun"})

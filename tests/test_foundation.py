@@ -219,8 +219,7 @@ def test_train_state_resume_is_bit_identical(tmp_path):
     torch.manual_seed(0)
     model = DummyNet(DummyConfig())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_constant(s, 2))
-    state = TrainState(model, {"opt": opt}, {"lr": sched}, EMA(model, 0.9), step=0)
+    state = TrainState(model, {"opt": opt}, EMA(model, 0.9), step=0)
     _train_steps(model, opt, state.ema, 2)
     state.step = 2
     state.save(tmp_path / "run.pt")
@@ -228,8 +227,7 @@ def test_train_state_resume_is_bit_identical(tmp_path):
 
     model2 = DummyNet(DummyConfig())
     opt2 = torch.optim.AdamW(model2.parameters(), lr=1e-2)
-    sched2 = torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: warmup_constant(s, 2))
-    state2 = TrainState(model2, {"opt": opt2}, {"lr": sched2}, EMA(model2, 0.9))
+    state2 = TrainState(model2, {"opt": opt2}, EMA(model2, 0.9))
     state2.resume(tmp_path / "run.pt")
     assert state2.step == 2
     _train_steps(model2, opt2, state2.ema, 3)

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import minieq
+from minieq.flow import SamplingOptions
 from minieq.generator import Generator, GeneratorConfig
 
 C = 4
@@ -203,7 +204,7 @@ def test_solver_and_steps_reach_the_head_with_and_without_cache(solver, monkeypa
     calls = []
     real = gen.head.sample
     monkeypatch.setattr(gen.head, "sample",
-                        lambda *a, **kw: calls.append((kw["solver"], kw["steps"])) or real(*a, **kw))
+                        lambda *a, **kw: calls.append((kw["options"].solver, kw["options"].steps)) or real(*a, **kw))
     cached = gen.sample(labels, 6, cfg=2.0, noise=noise, solver=solver, steps=4)
     assert calls == [(solver, 4)] * 6  # one head solve per token
     full = gen.sample(labels, 6, cfg=2.0, noise=noise, solver=solver, steps=4, use_cache=False)
@@ -213,6 +214,41 @@ def test_solver_and_steps_reach_the_head_with_and_without_cache(solver, monkeypa
         gen.sample(labels, 6, solver="rk4")
     with pytest.raises(ValueError, match="steps must be an integer >= 1"):
         gen.regenerate(default, labels, torch.ones(6, dtype=torch.bool), steps=0)
+
+def test_one_options_object_reaches_the_head_whole(monkeypatch):
+    gen = make()
+    labels, noise = torch.tensor([0, 3]), torch.randn(2, 6, C)
+    options = SamplingOptions(solver="midpoint", steps=2, cfg=3.0, cfg_schedule="linear",
+                              temperature=0.8)
+    keywords = gen.sample(labels, 6, cfg=3.0, temperature=0.8, solver="midpoint", steps=2, noise=noise)
+    seen = []
+    real = gen.head.sample
+    monkeypatch.setattr(gen.head, "sample", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
+    assert torch.equal(gen.sample(labels, 6, noise=noise, options=options), keywords)
+    # Token k gets its own scale from the linear ramp 1 + (cfg - 1)(k + 1)/N, the rest unchanged.
+    assert [o.cfg for o in seen] == [1 + 2.0 * (k + 1) / 6 for k in range(6)]
+    assert {(o.solver, o.steps, o.temperature, o.cfg_schedule) for o in seen} == {("midpoint", 2, 0.8, "constant")}
+    keep = torch.tensor([True, False, True, False, True, True])
+    assert torch.equal(gen.regenerate(keywords, labels, keep, noise=noise, options=options),
+                       gen.regenerate(keywords, labels, keep, cfg=3.0, temperature=0.8, solver="midpoint",
+                                      steps=2, noise=noise))
+    with pytest.raises(ValueError, match="got options= and steps="):
+        gen.sample(labels, 6, steps=4, options=options)
+
+
+def test_bad_labels_and_temperature_raise_one_clear_error():
+    gen = make()
+    with pytest.raises(ValueError, match=r"labels must be integer class ids .*labels.long\(\)\), got dtype torch.float32"):
+        gen.sample(torch.tensor([1.0, 2.0]), 4)
+    with pytest.raises(ValueError, match="labels must be integer class ids"):
+        gen.loss(torch.randn(2, 4, C), torch.tensor([True, False]))
+    with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+        gen.sample(torch.tensor([1]), 4, temperature=float("nan"))  # NaN tokens, silently, before
+    # Other integer dtypes index the class table like int64 ones.
+    noise = torch.randn(2, 4, C)
+    assert torch.equal(gen.sample(torch.tensor([1, 2], dtype=torch.int32), 4, cfg=2.0, noise=noise),
+                       gen.sample(torch.tensor([1, 2]), 4, cfg=2.0, noise=noise))
+
 
 def test_cache_state_is_bounded_for_the_window_and_grows_for_full_causal():
     sizes = {}

@@ -4,6 +4,7 @@ import torch
 from PIL import Image
 
 from minieq.checkpoint import CheckpointError, save_checkpoint
+from minieq.flow import SamplingOptions
 from minieq.generator import Generator, GeneratorConfig
 from minieq.generator_data import compute_latent_scale
 from minieq.pipeline import Pipeline
@@ -69,6 +70,21 @@ def test_generate_takes_the_solver_and_its_steps(pipe):
     assert not torch.allclose(a, heun.generate([1, 2], width=32, seed=7, cfg=3.0), atol=1e-4)
     with pytest.raises(ValueError, match="unknown solver"):
         heun.generate([1], solver="dopri5")
+
+def test_generate_passes_one_options_object(pipe, monkeypatch):
+    options = SamplingOptions(solver="heun", steps=1, cfg=2.0, cfg_schedule="constant", temperature=0.5)
+    seen = []
+    real = pipe.generator.sample
+    monkeypatch.setattr(pipe.generator, "sample", lambda *a, **kw: seen.append(kw["options"]) or real(*a, **kw))
+    a = pipe.generate([1, 2], width=24, seed=3, options=options)
+    b = pipe.generate([1, 2], width=24, seed=3, cfg=2.0, cfg_schedule="constant", temperature=0.5,
+                      solver="heun", steps=1)
+    assert torch.equal(a, b) and seen == [options, options]
+    with pytest.raises(ValueError, match="temperature must be a finite number"):
+        pipe.generate([1], temperature=float("nan"))
+    with pytest.raises(ValueError, match="got options= and cfg="):
+        pipe.sample_tokens([1], 4, cfg=3.0, options=options)
+
 
 def test_decode_divides_by_the_latent_scale(pipe):
     tokens = torch.randn(1, 4, 16)

@@ -118,6 +118,36 @@ def test_common_image_mistakes_raise_one_clear_error(tok):
         tok.eval()
 
 
+@torch.no_grad()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_images_and_tokens_are_cast_to_the_weights_dtype(tok, dtype):
+    x = images(4)
+    z = tok.encode(x.to(dtype))  # a raw conv dtype error before the cast
+    assert z.dtype == next(tok.parameters()).dtype == torch.float32
+    # The cast only rounds the input: same tokens as the float32 image rounded the same way.
+    assert torch.equal(z, tok.encode(x.to(dtype).float()))
+    out = tok.decode(z.to(dtype))
+    assert out.dtype == torch.float32 and torch.equal(out, tok.decode(z.to(dtype).float()))
+
+
+@torch.no_grad()
+def test_non_finite_tokens_refused_by_decode_in_eval_mode_only(tok):
+    z = tok.encode(images(4))
+    for bad in (float("nan"), float("inf")):
+        broken = z.clone()
+        broken[0, 2, 3] = bad
+        with pytest.raises(ValueError, match="tokens contain NaN or inf.*decode finite tokens"):
+            tok.decode(broken)
+        with pytest.raises(ValueError, match="tokens contain NaN or inf"):
+            tok.decode_long(broken.repeat(1, 12, 1), tile=8, overlap=8)
+    tok.train()  # training mode: no value check, so no device sync per step
+    try:
+        broken[0, 2, 3] = float("nan")
+        assert torch.isnan(tok.decode(broken)).any()
+    finally:
+        tok.eval()
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(num_groups=7), "num_groups"),
     (dict(len_down_scale=4), "len_down_scale"),

@@ -93,7 +93,7 @@ def measure(preset: str, depth: int | None, device: str, length: int, use_cache:
 def head_seconds(preset: str, depth: int | None, device: str, batch: int, repeats: int = 2) -> float:
     gen = build(preset, depth, device)
     c = torch.randn(batch, gen.config.embed_dim, device=device)
-    gen.head.sample(c, num_steps=2)
+    gen.head.sample(c, steps=2)
     _sync(device)
     start = time.perf_counter()
     for _ in range(repeats):

@@ -18,16 +18,16 @@ from typing import Any
 
 from minieq.cli import parser_for
 
-# name -> module under minieq.experiments; each module has ``main(argv) -> dict``.
-EXPERIMENTS = {
-    "zero_shot": "zero_shot",          # Fig. 3 / Table 1: loss on trained vs untrained positions
-    "per_position": "per_position",    # Fig. 4: per-position loss, stationary vs centred data
-    "attention": "attention",          # Table 4: window vs full causal vs strictly equivariant
-    "efficiency": "efficiency",        # Tables 2-3: GFLOPs per 256x256 image
-    "shift": "shift",                  # Fig. 7: RoPE random shift 16 vs 1, far beyond training
-    "long_fidelity": "long_fidelity",  # FD of crops vs x-offset on 8x-64x strips (not in the paper)
-    "process": "process",              # Fig. 9 / Fig. 5: token-by-token frames and long strips
-}
+# One module under minieq.experiments per name; each has ``main(argv) -> dict``.
+EXPERIMENTS = (
+    "zero_shot",      # Fig. 3 / Table 1: loss on trained vs untrained positions
+    "per_position",   # Fig. 4: per-position loss, stationary vs centred data
+    "attention",      # Table 4: window vs full causal vs strictly equivariant
+    "efficiency",     # Tables 2-3: GFLOPs per 256x256 image
+    "shift",          # Fig. 7: RoPE random shift 16 vs 1, far beyond training
+    "long_fidelity",  # FD of crops vs x-offset on 8x-64x strips (not in the paper)
+    "process",        # Fig. 9 / Fig. 5: token-by-token frames and long strips
+)
 SCALES = ("cpu", "paper")
 
 

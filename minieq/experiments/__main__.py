@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"usage: python -m minieq.experiments NAME [flags]; NAME is one of: {names}",
               file=sys.stderr)
         return 0 if argv[:1] in (["-h"], ["--help"]) else 2
-    module = importlib.import_module(f"minieq.experiments.{EXPERIMENTS[argv[0]]}")
+    module = importlib.import_module(f"minieq.experiments.{argv[0]}")
     module.main(argv[1:])
     return 0
 

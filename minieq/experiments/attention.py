@@ -28,15 +28,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from minieq.analysis import seam_score, strip_statistics
 from minieq.cli import user_errors
+from minieq.data import SynthScapes
 from minieq.experiments import experiment_parser, write_result
 from minieq.experiments.efficiency import attention_flops, attention_pairs, count_generator
 from minieq.experiments.training_runs import (SCALES, course_latents, file_latents, synthscapes,
                                               train_on_latents)
+from minieq.generator import GeneratorConfig
+from minieq.metrics import fd_kid
 from minieq.utils import pick_device
+from minieq.viz import image_grid
 
 NAME = "attention"
 VARIANTS = ("window", "full", "strict")
@@ -52,8 +57,6 @@ def attention_table(num_tokens: int = 16, cond_length: int = 3, preset: str = "S
     the paper's 4.2M and 1.8M). ``transformer_gflops``: the whole transformer per image as
     ``torch.utils.flop_counter`` measures it (dense attention; strict re-runs the stack per window).
     """
-    from minieq.generator import GeneratorConfig
-
     cfg = GeneratorConfig.preset(preset)
     rows = {}
     for v in VARIANTS:
@@ -91,8 +94,6 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
     :param variants: the attention variants to train (the notebook trains fewer).
     :param val_images: held-out images of the loss (CPU scale).
     """
-    from minieq.metrics import fd_kid
-
     settings = SCALES[scale]
     device = pick_device(device)
     if scale == "paper" and latents_path is None:
@@ -136,17 +137,12 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
 
 def _strips(num: int, width: int, seed: int):
     """Ground-truth SynthScapes strips (val split) ``width`` pixels wide, class-balanced."""
-    from minieq.data import SynthScapes
-
     data = SynthScapes(num, height=32, width=width, seed=seed + 2, split="val")
     return [data[i] for i in range(num)]
 
 
 def figure(result: dict):
     """Held-out loss and FD per variant (bars), and two 8x strips of each variant."""
-    import matplotlib.pyplot as plt
-    from minieq.viz import image_grid
-
     names = list(result["variants"])
     pics = result.get("pictures", {})
     fig = plt.figure(figsize=(12, 2.6 + 1.1 * len(pics)))

@@ -25,6 +25,7 @@ a uniform command line.
 """
 from __future__ import annotations
 
+import matplotlib.pyplot as plt
 import torch
 
 from minieq.estimate import count_flops
@@ -114,8 +115,6 @@ def run(out=None, scale: str = "cpu", seed: int = 0, device=None) -> dict:
 
 def figure(result: dict):
     """Counted GMACs of the training forward next to the paper's GFLOPs, log scale."""
-    import matplotlib.pyplot as plt
-
     names = list(result["models"])
     ours = [result["models"][k]["loss_forward_gmacs"] for k in names]
     paper = [result["models"][k]["paper_gflops"] for k in names]

@@ -33,16 +33,20 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
+from matplotlib.figure import Figure
 from torch.utils.data import Dataset
 
 from minieq.analysis import seam_score
 from minieq.cli import user_errors
 from minieq.config import ConfigBase
+from minieq.data import SynthScapes, build_dataset
 from minieq.experiments import experiment_parser, write_result
 from minieq.metrics import frechet_distance, image_features
 from minieq.pipeline import Pipeline
+from minieq.pretrained import pretrained_generator, pretrained_tokenizer
 from minieq.synthscapes import render_synthscapes
 from minieq.utils import pick_device
+from minieq.viz import panorama
 
 
 @dataclass
@@ -240,10 +244,6 @@ def run(pipe: Pipeline, dataset: Dataset, config: FidelityConfig | None = None, 
 def plot(result: dict, strip: torch.Tensor | None = None):
     """FD and seam score against the crop offset (the noise band and the tokenizer floor drawn),
     above them the first ``strip`` if given. Returns a matplotlib Figure (no pyplot)."""
-    from matplotlib.figure import Figure
-
-    from minieq.viz import panorama
-
     curve, offsets, n = result["curve"], result["offsets_tokens"], result["train_tokens"]
     fig = Figure(figsize=(11, 5.5 if strip is not None else 3.2), dpi=100)
     ratios = [1, 1.4] if strip is not None else [1]  # the strip's row, the plots' row
@@ -298,8 +298,6 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> Pipeline:
     if args.scale == "paper" or args.tokenizer or args.generator:
         raise ValueError("give both --tokenizer and --generator (required at --scale paper: the course "
                          "models are CPU-sized)")
-    from minieq.course import pretrained_generator, pretrained_tokenizer
-
     generator, latent_scale = pretrained_generator(device)
     return Pipeline(pretrained_tokenizer(device), generator, latent_scale)
 
@@ -307,8 +305,6 @@ def load_pipeline(args: argparse.Namespace, device: torch.device) -> Pipeline:
 def reference_dataset(args: argparse.Namespace, height: int, width: int, images: int) -> Dataset:
     """Ground truth of the training size (``height`` x ``width`` px): ``images`` SynthScapes val
     renders, or the val images of ``--data``."""
-    from minieq.data import SynthScapes, build_dataset
-
     if args.data == "synthscapes":
         return SynthScapes(images, height=height, width=width, seed=args.seed, split="val")
     if height != width:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from minieq.cli import user_errors
@@ -87,8 +88,6 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
 
 def figure(result: dict):
     """Final loss per position (left) and relative improvement per position (right), one line per run."""
-    import matplotlib.pyplot as plt
-
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
     styles = {"column": "C0", "grid": "C3"}
     for key, row in result["runs"].items():

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+from matplotlib.figure import Figure
 
 from minieq.analysis import seam_score
 from minieq.cli import user_errors
@@ -25,7 +26,9 @@ from minieq.config import ConfigBase
 from minieq.experiments import experiment_parser, write_result
 from minieq.experiments.long_fidelity import add_model_flags, load_pipeline
 from minieq.pipeline import Pipeline
+from minieq.synthscapes import SYNTHSCAPES_CLASSES
 from minieq.utils import pick_device
+from minieq.viz import image_grid, panorama
 
 
 @dataclass
@@ -107,10 +110,6 @@ def run(pipe: Pipeline, config: ProcessConfig | None = None, seed: int = 0, keep
 
 def plot(result: dict, frames: list, long: torch.Tensor, panorama_image: torch.Tensor, class_names=None):
     """The process frames (a row per class), the long strips and the panorama, in one Figure."""
-    from matplotlib.figure import Figure
-
-    from minieq.viz import image_grid, panorama
-
     names = class_names or [str(c) for c in result["classes"]]
     process = image_grid([f for per_class in frames for f in per_class], nrow=len(frames[0]))
     strips = image_grid(list(long), nrow=1)
@@ -143,7 +142,6 @@ def main(argv: list[str] | None = None) -> dict:
     pictures = [result.pop(k) for k in ("frames", "long", "panorama")]
     names = None
     if args.scale == "cpu" and not args.generator:  # the course models draw SynthScapes classes
-        from minieq.synthscapes import SYNTHSCAPES_CLASSES
         names = [SYNTHSCAPES_CLASSES[c] for c in result["classes"]]
     paths = write_result(args.out, "process", result, plot(result, *pictures, class_names=names))
     seconds = result["seconds"]

@@ -118,7 +118,6 @@ def file_latents(path: str | Path, val_rows: int = 10_000) -> Latents:
     copy), so nothing is held out: the loss is measured on its first ``val_rows`` rows, which
     are also trained on, like the paper's Figs. 3-4 (training loss).
     """
-
     data = LatentDataset(path)
     if len(data) < val_rows:
         raise ValueError(f"{path}: {len(data)} rows are fewer than the {val_rows} the loss is measured on")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from minieq.cli import user_errors
@@ -27,6 +28,7 @@ from minieq.experiments import experiment_parser, write_result
 from minieq.experiments.training_runs import (GRID_MODEL, SCALES, file_latents, pca_latents,
                                               train_on_latents)
 from minieq.utils import pick_device
+from minieq.viz import image_grid
 
 NAME = "zero_shot"
 FIRST_HALF = list(range(8))  # column model: the left half; raster grid: the top row
@@ -97,9 +99,6 @@ def run(out: str | Path = "runs/experiments", scale: str = "cpu", seed: int = 0,
 def figure(result: dict):
     """Left: held-out loss per position (subset model solid, all-16 dashed), trained positions
     shaded; right: samples of the two subset models."""
-    import matplotlib.pyplot as plt
-    from minieq.viz import image_grid
-
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.4), gridspec_kw={"width_ratios": [1.3, 1, 1]})
     ax = axes[0]
     for (layout, row), color in zip(result["models"].items(), ("C0", "C3")):
