@@ -4,9 +4,10 @@ Shape legend: M rows (one row = one token to model), C token channels, D transfo
 W head width.
 
 The transformer gives each token a condition vector c (M, D); this head models p(token | c) with
-rectified flow (reference-spec §3.6): z_t = t·ε + (1 − t)·x0 for t in (0, 1], the network predicts
-the velocity v = ε − x0, and sampling integrates dz/dt = v from t = 1 (noise) to t = 0 (data).
-The network is MAR's SimpleMLPAdaLN; its module names match the official ``diffloss.net.*`` keys.
+rectified flow (docs/official_code.md#flow-head): z_t = t·ε + (1 − t)·x0 for t in (0, 1], the
+network predicts the velocity v = ε − x0, and sampling integrates dz/dt = v from t = 1 (noise) to t
+= 0 (data). The network is MAR's SimpleMLPAdaLN; its module names match the official
+``diffloss.net.*`` keys.
 
 Solvers (:data:`SOLVERS`, issue 11): the official sampler is Euler with the preset's step count
 (100 in the paper). Sampling calls the head that many times per token, twice with guidance, so
@@ -76,9 +77,10 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
     """Sinusoidal embedding of t (M,) -> (M, dim), ordered [cos, sin] as in the official head.
 
     The official code feeds t in (0, 1] as is, although the frequencies were designed for
-    t in [0, 1000]: most of them then barely change with t (reference-spec §7). We keep it so that
-    official checkpoints load and compute the same numbers; scaling by 1000 would be the
-    conventional choice for a model trained from scratch.
+    t in [0, 1000]: most of them then barely change with t
+    (docs/official_code.md#generator-design-details). We keep it so that official checkpoints load
+    and compute the same numbers; scaling by 1000 would be the conventional choice for a model
+    trained from scratch.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -153,7 +155,8 @@ class AdaLNMLP(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         # Zero modulation and output: every block starts as the identity and v = 0, so the
-        # initial loss is E|ε - x0|² ≈ 2 per channel for unit-variance data (spec §3.6).
+        # initial loss is E|ε - x0|² ≈ 2 per channel for unit-variance data
+        # (docs/official_code.md#flow-head).
         for block in self.res_blocks:
             nn.init.zeros_(block.adaLN_modulation[1].weight)
             nn.init.zeros_(block.adaLN_modulation[1].bias)

@@ -1,7 +1,7 @@
 """Tokenizer + generator = images: class labels in, (B, 3, H, W) images out, any width.
 
 The generator works in a normalised latent space, ``tokens = σ-VAE sample × latent_scale``
-(reference-spec §3.8). The official code passes the scale as a magic CLI number
+(docs/official_code.md#latent-scale). The official code passes the scale as a magic CLI number
 (``--vae_norm 0.05493``); here :func:`compute_latent_scale` derives it from data and every
 generator checkpoint stores it, so a :class:`Pipeline` never needs it from the user.
 
@@ -30,9 +30,9 @@ def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples
     """The factor that gives the generator's training tokens unit standard deviation.
 
     The generator is trained on σ-VAE *samples* (posterior mean + noise), not on the means
-    (reference-spec §3.8), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
-    every element of up to ``max_samples`` latents. The official constant 0.05493 is meant to do
-    the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
+    (docs/official_code.md#latent-scale), so the scale is ``1 / std(sigma_vae_sample(mean))``, the
+    std taken over every element of up to ``max_samples`` latents. The official constant 0.05493 is
+    meant to do the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
 
     :param latents_or_dataset: posterior means, a (M, N, C) tensor, or a data set whose items are
         ``(latent, label)`` pairs (e.g. :class:`minieq.data.LatentDataset`).

@@ -10,7 +10,7 @@ same task (Fig. 5).
 ``--solver midpoint --steps 5`` samples with 10 flow-head calls per token instead of the official
 Euler's 100, at the same token error (README, "Sampling speed").
 Unlike the official eval script, a missing checkpoint is an error, never random weights
-(reference-spec §4.2), and a batch of one image works.
+(docs/official_code.md#evaluation-script), and a batch of one image works.
 """
 from __future__ import annotations
 

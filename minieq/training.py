@@ -8,7 +8,8 @@
   from the run folder's own checkpoint; start at step 0 only without one or with ``fresh``.
 - :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
 - LR schedules are pure functions of the step, so they need no state of their own (unlike the
-  official tokenizer's stateful scheduler, which resumes at LR 0: reference-spec §7).
+  official tokenizer's stateful scheduler, which resumes at LR 0:
+  docs/official_code.md#tokenizer-quirks).
 """
 from __future__ import annotations
 
