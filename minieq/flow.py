@@ -9,7 +9,7 @@ network predicts the velocity v = ε − x0, and sampling integrates dz/dt = v f
 = 0 (data). The network is MAR's SimpleMLPAdaLN; its module names match the official
 ``diffloss.net.*`` keys.
 
-Solvers (:data:`SOLVERS`, issue 11): the official sampler is Euler with the preset's step count
+Solvers (:data:`SOLVERS`): the official sampler is Euler with the preset's step count
 (100 in the paper). Sampling calls the head that many times per token, twice with guidance, so
 with the KV cache the head dominates; second-order solvers reach Euler-100's error with a fraction
 of the calls (error-vs-cost curve: ``python -m minieq.bench.solvers``).

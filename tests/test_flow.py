@@ -75,7 +75,7 @@ def test_cfg_combines_velocities():
     assert torch.allclose(one, noise - (v_u + 3.0 * (v_c - v_u)), atol=1e-5)
 
 
-# ---- solvers (issue 11) ---------------------------------------------------------------------------
+# ---- solvers ---------------------------------------------------------------------------------------
 
 def _official_euler(head, c, uncond, cfg, noise, steps):
     """The sampler as it was before the solvers (and as the official code): one head.velocity

@@ -9,7 +9,7 @@ from minieq import (ColumnTokenizer, TokenizerConfig, load_checkpoint, sigma_vae
 from minieq.tokenizer_blocks import pixel_shuffle, pixel_unshuffle
 from minieq.utils import count_parameters
 
-GOLDEN_PARAMS = {  # the official model.params of the parity fixture (shared/golden/public_config.json)
+GOLDEN_PARAMS = {  # the official model.params of the parity fixture (its public_config.json)
     "embed_dim": 8, "post_channels": 128, "std": 2.5,
     "ddconfig": {"double_enc": False, "z_channels": 8, "resolution": 256, "in_channels": 3,
                  "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2, 2, 2], "num_res_blocks": 1,
