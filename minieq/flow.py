@@ -26,8 +26,8 @@ from torch import nn
 # "euler"    official: z <- z - v(z, t_i)/N                                       N calls, order 1
 # "heun"     trapezoid: predict with Euler to t_{i-1}, average both slopes        2N calls, order 2
 # "midpoint" slope at the midpoint t_i - 1/(2N) after half an Euler step          2N calls, order 2
-# Midpoint has the lowest error per head call on the course generator at cfg 1 and 3 (README,
-# "Sampling speed"); 2-step Adams-Bashforth (N calls) was measured too and dropped: midpoint
+# Midpoint has the lowest error per head call on the course generator at cfg 1 and 3
+# (docs/sampling_speed.md); 2-step Adams-Bashforth (N calls) was measured too and dropped: midpoint
 # beat it at every cost.
 SOLVERS = ("euler", "heun", "midpoint")
 _CALLS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}

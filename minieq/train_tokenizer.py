@@ -96,7 +96,7 @@ class TokenizerTrainConfig(ConfigBase):
     }
     # The course's FAST tokenizer (notebook 02, `make demo`, minieq.course in FAST mode): the tiny
     # preset at half width (ch 16: 4x fewer FLOPs), 500 steps of 8 images. Measured 162 s on 2
-    # cores (README); PSNR 24.4 dB on held-out images.
+    # cores (docs/training_at_scale.md); PSNR 24.4 dB on held-out images.
     PRESETS["fast"] = {**PRESETS["tiny"], **dict(
         tokenizer_overrides=HALF_WIDTH, steps=500, batch_size=8, lr=1e-3, warmup=20,
         lr_decay_every=400, lr_decay=0.3, ema_decay=0.99, num_images=2048, log_every=10,
