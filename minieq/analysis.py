@@ -1,7 +1,7 @@
 """Measurements shown in the generator notebooks (03-06), as small tested functions.
 
 - :func:`receptive_field`: which input tokens each generator output row depends on (Sec. 3.2,
-  reference-spec §3.4): the window grows by ``cond_length`` tokens per layer.
+  docs/official_code.md#windowed-causal-mask): the window grows by ``cond_length`` tokens per layer.
 - :func:`shift_invariance_error`: RoPE self-attention depends only on relative positions.
 - :func:`per_position_loss`: the flow loss of every token position (paper Figs. 3/4).
 - :func:`column_statistics`, :func:`strip_statistics`, :func:`seam_score`: is a long generated
@@ -35,7 +35,7 @@ def receptive_field(generator: nn.Module, num_tokens: int, labels=None, seed: in
     """The dependency matrix of ``generator.condition``: ``dep[k, j]`` is True when row k depends on token j.
 
     Row k conditions the prediction of token k, so a causal generator has ``dep[k, j] = False``
-    for every ``j >= k`` (reference-spec §3.9). With windowed attention each layer adds
+    for every ``j >= k`` (docs/official_code.md#sampling-loop). With windowed attention each layer adds
     ``cond_length`` tokens of left context; the "strict" variant stops the growth.
     Computed exactly with one backward pass per row, in eval mode (no random shift, no dropout).
 
@@ -70,7 +70,7 @@ def shift_invariance_error(attend: Callable[[torch.Tensor, int], torch.Tensor], 
     ``attend(x, offset)`` must run attention on ``x`` (B, N, D) with token i at position
     ``i + offset``. With RoPE on both queries and keys, q_i·k_j depends only on i - j, so the
     result should not change (error ≈ float rounding). RoPE on the query alone (the class
-    cross-attention, reference-spec §3.3) does depend on the offset.
+    cross-attention, docs/official_code.md#generator-block) does depend on the offset.
 
     :return: max over ``shifts`` of the max absolute difference to ``attend(x, 0)``.
     """

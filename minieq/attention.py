@@ -3,12 +3,12 @@
 Shape legend: B batch, T image tokens (columns) in this call, S buffer (class) tokens,
 D width, H heads, E head dim (D / H), K keys kept by the sliding KV cache.
 
-The generator's Block (reference-spec §3.3) updates the image tokens with
+The generator's Block (docs/official_code.md#generator-block) updates the image tokens with
 1. windowed causal self-attention (Sec. 3.2: token i sees tokens i - cond_length .. i),
 2. cross-attention from the image tokens to the 16 class ("buffer") tokens,
 3. an MLP applied to image and buffer tokens alike.
 Module names (``norm1``, ``attn.qkv``, ``attn2.k`` ...) equal the official checkpoint keys, so
-official weights load 1:1 (reference-spec §6.2).
+official weights load 1:1 (docs/official_code.md#generator-checkpoint).
 """
 from __future__ import annotations
 
@@ -21,8 +21,9 @@ from torch import nn
 def windowed_causal_mask(n: int, cond_length: int, device=None) -> torch.Tensor:
     """Boolean (n, n) attention mask, True = query i may attend to key j.
 
-    allowed(i, j) <=> i - cond_length <= j <= i (reference-spec §3.4). Each token sees itself and
-    the ``cond_length`` previous tokens; ``cond_length = 0`` means plain (full) causal attention.
+    allowed(i, j) <=> i - cond_length <= j <= i (docs/official_code.md#windowed-causal-mask). Each
+    token sees itself and the ``cond_length`` previous tokens; ``cond_length = 0`` means plain
+    (full) causal attention.
 
     :param n: number of image tokens.
     :param cond_length: how many previous tokens a token sees (0 = all of them).
@@ -39,7 +40,8 @@ def windowed_causal_mask(n: int, cond_length: int, device=None) -> torch.Tensor:
 
 
 class RotaryTable:
-    """Cached RoPE angles (reference-spec §3.7), grown on demand, one table per device.
+    """Cached RoPE angles (docs/official_code.md#rope-and-random-shift), grown on demand, one table
+    per device.
 
     Pairs are interleaved, (x_{2j}, x_{2j+1}), rotated by p·θ_j with θ_j = base^(-2j/E).
     The table is plain state, not a buffer, so it never enters a state dict (the official
@@ -127,7 +129,8 @@ class SelfAttention(nn.Module):
 
 
 class CrossAttention(nn.Module):
-    """Image tokens (queries) attend to all buffer tokens; RoPE on the query only (spec §3.3).
+    """Image tokens (queries) attend to all buffer tokens; RoPE on the query only
+    (docs/official_code.md#generator-block).
 
     The query Linear is called ``qkv`` only because the official checkpoint calls it so.
     """
@@ -157,7 +160,8 @@ class CrossAttention(nn.Module):
 
 
 class Mlp(nn.Module):
-    """fc1 -> exact GELU -> dropout -> fc2 -> dropout (timm's Mlp with proj_drop, spec §3.1)."""
+    """fc1 -> exact GELU -> dropout -> fc2 -> dropout (timm's Mlp with proj_drop,
+    docs/official_code.md#generator-sizes)."""
 
     def __init__(self, dim: int, hidden: int, drop: float):
         super().__init__()
@@ -170,7 +174,8 @@ class Mlp(nn.Module):
 
 
 class Block(nn.Module):
-    """One generator block (reference-spec §3.3), split into the image path and the buffer path.
+    """One generator block (docs/official_code.md#generator-block), split into the image path and
+    the buffer path.
 
     The buffer tokens are never mixed by attention: they change only through the MLP, so they
     depend only on the class. Splitting the block (``buffer_step`` for them, ``forward`` for the

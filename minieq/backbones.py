@@ -1,6 +1,7 @@
 """A small Vision Transformer that loads the DINO ViT-S/16 and DINOv2 ViT-B/14 checkpoints.
 
-The tokenizer objective uses two frozen, pretrained ViTs (reference-spec §1.8, §2.2) and LPIPS:
+The tokenizer objective uses two frozen, pretrained ViTs (docs/official_code.md#semantic-head,
+#discriminator-and-augmentation) and LPIPS:
 
 * DINO ViT-S/16 (``dino_deitsmall16_pretrain.pth``) is the backbone of the DINO discriminator;
 * DINOv2 ViT-B/14 (``dinov2_vitb14_pretrain.pth``) is the teacher of the semantic alignment loss;
@@ -46,7 +47,9 @@ class ViTSpec:
     num_heads: int
     pos_grid: int  # the pos-embed grid side the checkpoint was trained with
     layerscale: bool = False
-    gelu_tanh: bool = False  # the DINO discriminator's backbone uses tanh-GELU (§2.2)
+    # The DINO discriminator's backbone uses tanh-GELU
+    # (docs/official_code.md#discriminator-and-augmentation).
+    gelu_tanh: bool = False
 
 
 VIT_SPECS = {
@@ -191,7 +194,8 @@ class ViT(nn.Module):
                             include_embed: bool = True) -> list[torch.Tensor]:
         """Token maps (B, T, D) after the embedding (if asked) and after each block in ``layers``.
 
-        The final norm is not applied (the DINO discriminator reads raw block outputs, §2.2).
+        The final norm is not applied (the DINO discriminator reads raw block outputs,
+        docs/official_code.md#discriminator-and-augmentation).
         """
         h = self.embed(x)
         feats = [h] if include_embed else []
@@ -202,7 +206,8 @@ class ViT(nn.Module):
         return feats
 
     def patch_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-normed patch tokens (B, P, D): DINOv2's ``x_norm_patchtokens`` (§1.8)."""
+        """Final-normed patch tokens (B, P, D): DINOv2's ``x_norm_patchtokens``
+        (docs/official_code.md#semantic-head)."""
         h = self.embed(x)
         for block in self.blocks:
             h = block(h)
@@ -256,7 +261,7 @@ def build_lpips(vgg_path: str | os.PathLike | None = None, random_vgg: bool = Fa
     ``$MINIEQ_WEIGHTS_DIR``, the torch hub cache). The package is told not to download
     (``pnet_rand=True``) and the trunk is loaded here. ``random_vgg=True`` is FOR TESTS ONLY.
     Eval mode also turns off the Dropout(0.5) before each linear layer, which the official
-    training left on (reference-spec §7).
+    training left on (docs/official_code.md#tokenizer-quirks).
     """
     try:  # an optional dependency (minieq[metrics]): without it LPIPS is off, not an error
         import lpips

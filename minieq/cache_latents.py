@@ -6,9 +6,10 @@
 The file holds posterior MEANS: ``{"latents": (M, N, C) float32, "labels": (M,) long,
 "tokenizer_config": ..., "noise_std": ..., "flips": bool, "num_images": ...}``. With flips, rows
 ``num_images..2·num_images-1`` are the horizontally mirrored images, in the same order, so the
-generator sees both orientations (the official training flips at random each epoch, §2.4).
-The σ-VAE noise is NOT baked in: the generator trainer draws it on the fly from the means with
-``minieq.tokenizer.sigma_vae_sample`` (the official code re-encodes and samples every step, §7).
+generator sees both orientations (the official training flips at random each epoch,
+docs/official_code.md#tokenizer-optimisation). The σ-VAE noise is NOT baked in: the generator
+trainer draws it on the fly from the means with ``minieq.tokenizer.sigma_vae_sample`` (the official
+code re-encodes and samples every step, docs/official_code.md#tokenizer-quirks).
 """
 from __future__ import annotations
 

@@ -4,10 +4,11 @@ Every image data set returns ``(image, label)`` with the image a (3, H, W) float
 [-1, 1]. All are map-style (``__len__``), so they work with ``DistributedSampler`` and
 ``minieq.training.ResumableSampler``.
 
-Real data sets follow the official transforms (reference-spec §2.9, §3.9): shorter side
-resized to the resolution (bilinear), then a random crop + horizontal flip for training or a
-centre crop for evaluation. A small index file written by ``data_scripts/prepare_*.py`` lists
-the images and labels; without one the folder is scanned ImageFolder-style.
+Real data sets follow the official transforms (docs/official_code.md#tokenizer-optimisation,
+#generator-training-script): shorter side resized to the resolution (bilinear), then a random crop +
+horizontal flip for training or a centre crop for evaluation. A small index file written by
+``data_scripts/prepare_*.py`` lists the images and labels; without one the folder is scanned
+ImageFolder-style.
 """
 from __future__ import annotations
 
@@ -258,8 +259,9 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     """One entry point for the training scripts: SynthScapes (rendered) or a real image folder.
 
     SynthScapes renders ``num_images`` images of ``height`` × ``width`` (width defaults to the
-    height); the real data sets give square ``height`` crops (reference-spec §2.4 transforms;
-    ``train`` = random crop + flip, defaulting to ``split == "train"``) and need ``root``.
+    height); the real data sets give square ``height`` crops
+    (the transforms of docs/official_code.md#tokenizer-optimisation; ``train`` = random crop + flip,
+    defaulting to ``split == "train"``) and need ``root``.
     """
     if name == "synthscapes":
         return SynthScapes(num_images, height=height, width=width or height, seed=seed, split=split)

@@ -1,4 +1,5 @@
-"""Discriminators of the tokenizer GAN and their differentiable augmentation (reference-spec §2.2-2.3).
+"""Discriminators of the tokenizer GAN and their differentiable augmentation
+(docs/official_code.md#discriminator-and-augmentation).
 
 * :class:`DinoDiscriminator`: a frozen DINO ViT-S/16 reads the image; five small trainable 1D conv
   heads (one per tapped layer) turn its patch tokens into logits. The paper's Table 5 calls this
@@ -20,7 +21,8 @@ from torch.nn.utils.parametrizations import spectral_norm
 from minieq.backbones import ViT, imagenet_normalize
 
 
-# ----- DiffAug (§2.3): prob 1, all three transforms, randomness per sample ------------------------
+# ----- DiffAug: prob 1, all three transforms, randomness per sample --------------------------------
+# (docs/official_code.md#discriminator-and-augmentation)
 def diff_augment(x: torch.Tensor, translation: float = 0.125, cutout: float = 0.2) -> torch.Tensor:
     """Random colour, translation (zero fill) and cutout, each drawn per sample."""
     return _cutout(_translate(_colour(x), translation), cutout)
@@ -65,7 +67,7 @@ def _cutout(x: torch.Tensor, ratio: float) -> torch.Tensor:
     return x * mask.unsqueeze(1)  # (B, H, W) -> (B, 1, H, W)
 
 
-# ----- DINO discriminator (§2.2) ------------------------------------------------------------------
+# ----- DINO discriminator (docs/official_code.md#discriminator-and-augmentation) ------------------
 class BatchNormLocal(nn.Module):
     """BatchNorm over groups of ``virtual_bs`` samples and the sequence axis; no running stats."""
 
@@ -116,7 +118,8 @@ class DinoDiscriminator(nn.Module):
         super().__init__()
         backbone.eval().requires_grad_(False)
         with torch.no_grad():
-            # §2.2: the k-part of every qkv bias is zeroed (it cannot change the softmax anyway).
+            # docs/official_code.md#discriminator-and-augmentation: the k-part of every qkv bias is
+            # zeroed (it cannot change the softmax anyway).
             for block in backbone.blocks:
                 d = block.attn.qkv.bias.shape[0] // 3
                 block.attn.qkv.bias[d:2 * d] = 0
@@ -150,7 +153,7 @@ class DinoDiscriminator(nn.Module):
         return F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # fp32 throughout, as the official code forces (reference-spec §7).
+        # fp32 throughout, as the official code forces (docs/official_code.md#devices-and-precision).
         with torch.autocast(device_type=x.device.type, enabled=False):
             feats = self.backbone.intermediate_tokens(self._to_backbone_input(x.float()), self.layers)
             logits = []

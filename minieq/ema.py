@@ -9,8 +9,8 @@ class EMA:
     """Keeps ``shadow = decay * shadow + (1 - decay) * param`` for every trainable parameter.
 
     ``warmup=True`` uses decay ``min(decay, (1 + n) / (10 + n))`` as the official tokenizer does
-    (reference-spec §2.4); the generator uses a constant decay from the start (§4.1).
-    Buffers are copied, not averaged.
+    (docs/official_code.md#tokenizer-optimisation); the generator uses a constant decay from the
+    start (docs/official_code.md#generator-training-script). Buffers are copied, not averaged.
     """
 
     def __init__(self, model: nn.Module, decay: float, warmup: bool = False):

@@ -4,11 +4,12 @@ Shape legend: M rows (one row = one token to model), C token channels, D transfo
 W head width.
 
 The transformer gives each token a condition vector c (M, D); this head models p(token | c) with
-rectified flow (reference-spec §3.6): z_t = t·ε + (1 − t)·x0 for t in (0, 1], the network predicts
-the velocity v = ε − x0, and sampling integrates dz/dt = v from t = 1 (noise) to t = 0 (data).
-The network is MAR's SimpleMLPAdaLN; its module names match the official ``diffloss.net.*`` keys.
+rectified flow (docs/official_code.md#flow-head): z_t = t·ε + (1 − t)·x0 for t in (0, 1], the
+network predicts the velocity v = ε − x0, and sampling integrates dz/dt = v from t = 1 (noise) to t
+= 0 (data). The network is MAR's SimpleMLPAdaLN; its module names match the official
+``diffloss.net.*`` keys.
 
-Solvers (:data:`SOLVERS`, issue 11): the official sampler is Euler with the preset's step count
+Solvers (:data:`SOLVERS`): the official sampler is Euler with the preset's step count
 (100 in the paper). Sampling calls the head that many times per token, twice with guidance, so
 with the KV cache the head dominates; second-order solvers reach Euler-100's error with a fraction
 of the calls (error-vs-cost curve: ``python -m minieq.bench.solvers``).
@@ -26,8 +27,8 @@ from torch import nn
 # "euler"    official: z <- z - v(z, t_i)/N                                       N calls, order 1
 # "heun"     trapezoid: predict with Euler to t_{i-1}, average both slopes        2N calls, order 2
 # "midpoint" slope at the midpoint t_i - 1/(2N) after half an Euler step          2N calls, order 2
-# Midpoint has the lowest error per head call on the course generator at cfg 1 and 3 (README,
-# "Sampling speed"); 2-step Adams-Bashforth (N calls) was measured too and dropped: midpoint
+# Midpoint has the lowest error per head call on the course generator at cfg 1 and 3
+# (docs/sampling_speed.md); 2-step Adams-Bashforth (N calls) was measured too and dropped: midpoint
 # beat it at every cost.
 SOLVERS = ("euler", "heun", "midpoint")
 _CALLS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
@@ -139,9 +140,10 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256, max_period: float = 1000
     """Sinusoidal embedding of t (M,) -> (M, dim), ordered [cos, sin] as in the official head.
 
     The official code feeds t in (0, 1] as is, although the frequencies were designed for
-    t in [0, 1000]: most of them then barely change with t (reference-spec §7). We keep it so that
-    official checkpoints load and compute the same numbers; scaling by 1000 would be the
-    conventional choice for a model trained from scratch.
+    t in [0, 1000]: most of them then barely change with t
+    (docs/official_code.md#generator-design-details). We keep it so that official checkpoints load
+    and compute the same numbers; scaling by 1000 would be the conventional choice for a model
+    trained from scratch.
     """
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
@@ -216,7 +218,8 @@ class AdaLNMLP(nn.Module):
         nn.init.normal_(self.time_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.time_embed.mlp[2].weight, std=0.02)
         # Zero modulation and output: every block starts as the identity and v = 0, so the
-        # initial loss is E|ε - x0|² ≈ 2 per channel for unit-variance data (spec §3.6).
+        # initial loss is E|ε - x0|² ≈ 2 per channel for unit-variance data
+        # (docs/official_code.md#flow-head).
         for block in self.res_blocks:
             nn.init.zeros_(block.adaLN_modulation[1].weight)
             nn.init.zeros_(block.adaLN_modulation[1].bias)

@@ -1,11 +1,12 @@
-"""The equivariant autoregressive generator (paper Sec. 3.2-3.3, reference-spec §3).
+"""The equivariant autoregressive generator (paper Sec. 3.2-3.3, docs/official_code.md#generator-block).
 
 Shape legend: B batch, N tokens (columns), C token channels, D width, S buffer (class) tokens.
 
 A stack of windowed-causal transformer blocks reads the (teacher-forced) tokens and gives one
 condition vector per token; a flow-matching MLP head models each token given its condition.
 Row k of ``condition`` conditions token k: row 0 is the last class ("buffer") token, row k >= 1 is
-the hidden state of token k - 1 (the official output slice x[:, S-1 : S-1+N], spec §3.5).
+the hidden state of token k - 1 (the official output slice x[:, S-1 : S-1+N],
+docs/official_code.md#generator-training-forward).
 
 Variants (``GeneratorConfig.attention``; paper Table 4):
 * ``"window"`` (the paper): token i attends to tokens i - cond_length .. i in every layer, so the
@@ -41,7 +42,8 @@ FAST_SIZES = dict(embed_dim=64, depth=4, num_heads=2, head_width=128, head_depth
 
 @dataclass
 class GeneratorConfig(ConfigBase):
-    """Generator hyper-parameters (paper Tables 7/8, reference-spec §3.1). Presets: tiny fast course_gpu S B L H."""
+    """Generator hyper-parameters (paper Tables 7/8, docs/official_code.md#generator-sizes).
+    Presets: tiny fast course_gpu S B L H."""
 
     token_dim: int = 256             # C, the tokenizer's channels
     num_classes: int = 1000
@@ -114,14 +116,16 @@ class Generator(nn.Module):
         self.fake_latent = nn.Parameter(torch.zeros(1, D))  # the null class for CFG
         self.z_proj = nn.Linear(config.token_dim, D)
         self.z_proj_ln = nn.LayerNorm(D, eps=1e-6)
-        # Position embedding of the buffer tokens only; image tokens get RoPE (spec §3.5).
+        # Position embedding of the buffer tokens only; image tokens get RoPE
+        # (docs/official_code.md#generator-training-forward).
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, config.buffer_size, D))
         self.encoder_blocks = nn.ModuleList(
             Block(D, config.num_heads, config.mlp_ratio, config.attn_dropout, config.proj_dropout)
             for _ in range(config.depth))
         self.encoder_norm = nn.LayerNorm(D, eps=1e-6)
         self.initialize_weights()
-        # Built after the init above, so it keeps its own init (spec §3.2).
+        # Built after the init above, so it keeps its own init
+        # (docs/official_code.md#generator-parameters-and-init).
         self.head = FlowHead(config.token_dim, config.head_width, D, config.head_depth, config.num_sampling_steps)
         self.rope = RotaryTable(D // config.num_heads)
 
@@ -232,7 +236,8 @@ class Generator(nn.Module):
         return self.condition_rows(tokens, self.class_vectors(labels, tokens.shape[0]), shift)
 
     def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None, per_position: bool = False) -> torch.Tensor:
-        """Flow-matching loss of teacher-forced tokens (B, N, C) (spec §3.5).
+        """Flow-matching loss of teacher-forced tokens (B, N, C)
+        (docs/official_code.md#generator-training-forward).
 
         In training mode the labels are dropped with probability ``label_drop`` and positions are
         shifted. Each (token, condition) pair is repeated ``diffusion_batch_mul`` times with

@@ -31,7 +31,7 @@ def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples
     """The factor that gives the generator's training tokens unit standard deviation.
 
     The generator is trained on σ-VAE *samples* (posterior mean + noise), not on the means
-    (reference-spec §3.8), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
+    (docs/official_code.md#latent-scale), so the scale is ``1 / std(sigma_vae_sample(mean))``, the std taken over
     every element of up to ``max_samples`` latents. The official constant 0.05493 is meant to do
     the same (its comment: "makes the latent std ≈ 1", i.e. a raw std ≈ 18.2).
 

@@ -4,11 +4,11 @@ Shape legend: B batch (2B with classifier-free guidance: conditional half, then 
 N tokens, C token channels, D width, K keys kept per layer.
 
 A *stream* hands out the condition row k of the token being sampled and is then told the token:
-* :class:`CachedStream`: sliding-window KV cache (reference-spec §7 "No KV cache"). Each new token
-  runs through the stack once; each layer keeps only the cond_length + 1 keys/values its window
-  needs, and the class tokens' cross-attention K/V are computed once per sample. Per-token cost
-  and memory do not grow with the length (except for full causal attention, whose window is
-  everything).
+* :class:`CachedStream`: sliding-window KV cache (docs/official_code.md#kv-cache).
+  Each new token runs through the stack once; each layer keeps only the cond_length + 1 keys/values
+  its window needs, and the class tokens' cross-attention K/V are computed once per sample.
+  Per-token cost and memory do not grow with the length (except for full causal attention, whose
+  window is everything).
 * :class:`StrictStream`: the "strict" variant re-runs its K-token window (constant cost).
 * :class:`RecomputeStream`: re-runs the whole sequence for every token and keeps row k, like the
   official ``sample_tokens``; future positions hold zeros, which causality hides.

@@ -1,4 +1,4 @@
-"""The tokenizer objective (paper Sec. 4.1 / Table 6; reference-spec §2.1).
+"""The tokenizer objective (paper Sec. 4.1 / Table 6; docs/official_code.md#tokenizer-loss).
 
     loss_ae   = rec + 0.01·KL + d_weight·disc_factor·g_loss + semantic_factor·5.0·semantic
     loss_disc = disc_factor · hinge(D(aug(x)), D(aug(x̂)))
@@ -9,12 +9,13 @@
   effectively weighs 3·H·W times more than one pixel's L1. ``reduction="mean"`` divides EVERY
   term (rec, KL, semantic) by the same 3·H·W, i.e. per-pixel means: the loss is then exactly the
   official loss / (3·H·W) (the adaptive GAN weight rescales itself), which reads more easily.
-* KL: the σ-VAE "KL" is 0.5·Σ mean², an L2 penalty on the posterior mean (§1.5), batch-averaged.
+* KL: the σ-VAE "KL" is 0.5·Σ mean², an L2 penalty on the posterior mean
+  (docs/official_code.md#sigma-vae-posterior), batch-averaged.
 * g_loss = −mean D(aug(x̂)); its adaptive weight ‖∇nll‖ / (‖∇g‖ + 1e-4) on the decoder's last
   layer, clamped to [0, 1e4], × disc_weight. Computed only once the discriminator has started
-  (the official code pays for it on every step, §7).
-* semantic: Σ (pred − DINOv2 patch features)² / B against a frozen DINOv2 ViT-B/14 (§1.8). The
-  teacher runs only while its weight is on.
+  (the official code pays for it on every step, docs/official_code.md#tokenizer-quirks).
+* semantic: Σ (pred − DINOv2 patch features)² / B against a frozen DINOv2 ViT-B/14
+  (docs/official_code.md#semantic-head). The teacher runs only while its weight is on.
 
 Pretrained networks (VGG16 for LPIPS, DINO ViT-S/16, DINOv2 ViT-B/14) are never downloaded: when
 a file is missing the term is switched off with ONE printed line saying which and why.
@@ -52,7 +53,7 @@ class TokenizerLossConfig(ConfigBase):
     disc_weight: float = 0.5
     disc_start: int = 5000  # paper; the official code starts at step 5001
     diffaug: bool = True
-    disc_virtual_batch: int = 8  # BatchNormLocal group size (§2.2)
+    disc_virtual_batch: int = 8  # BatchNormLocal group size (official: 8)
     patchgan_channels: int = 64
     patchgan_layers: int = 3
     semantic_weight: float = 5.0
@@ -187,9 +188,9 @@ class TokenizerLoss(nn.Module):
         if "lpips" in self._frozen:
             lp = self._frozen["lpips"](x.float(), recon).flatten()  # (B,)
             terms["lpips"] = lp.mean().detach()
-            rec = rec + cfg.lpips_weight * lp * x[0].numel()  # broadcast to every pixel (§2.1)
+            rec = rec + cfg.lpips_weight * lp * x[0].numel()  # broadcast to every pixel, as official
         nll = rec.sum() / b / norm
-        kl = ColumnTokenizer.kl(out.mean.float()).mean()  # §1.5
+        kl = ColumnTokenizer.kl(out.mean.float()).mean()  # docs/official_code.md#sigma-vae-posterior
         loss = nll + cfg.kl_weight * kl / norm
         terms.update(rec_loss=nll.detach(), kl_loss=kl.detach())
 
@@ -221,7 +222,8 @@ class TokenizerLoss(nn.Module):
         """Σ (pred − DINOv2 final-norm patch tokens)² / B, with the teacher's patch grid = pred's grid.
 
         The teacher sees (x+1)/2, ImageNet-normalised, bicubically resized so that its patch grid
-        equals the prediction's (gh, gw): 224×224 → 16×16 for the paper's 256 px images (§1.8).
+        equals the prediction's (gh, gw): 224×224 → 16×16 for the paper's 256 px images
+        (docs/official_code.md#semantic-head).
         """
         teacher = self._frozen["teacher"]
         gh, gw = pred.shape[-2:]

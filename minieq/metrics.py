@@ -109,7 +109,7 @@ def baseline_reconstructions(x: torch.Tensor, column_width: int) -> dict[str, to
     a tokenizer must beat to show any column detail); ``column_mean`` by the mean of its row
     inside its ``column_width``-pixel column (a token that kept each column's exact vertical
     colour profile but nothing finer). On SynthScapes, fine texture (grain, stars, 1-px edges)
-    dominates the pixel error, so even ``row_mean`` scores well in PSNR (README, "Results").
+    dominates the pixel error, so even ``row_mean`` scores well in PSNR (docs/results.md).
     """
     row = x.mean(dim=-1, keepdim=True).expand_as(x)
     # Mean over each column's pixels, then back to (B, 3, H, W).

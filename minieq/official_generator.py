@@ -1,8 +1,9 @@
 """Load the official generator checkpoints (e.g. the released ``places_large.ckpt``) into minieq.
 
-The official file is ``{'model': state_dict, 'model_ema': state_dict, ...}`` (reference-spec §6.2),
-optionally with ``'args'`` (an ``argparse.Namespace``). Our module names equal the official ones
-except the flow head, which the official code wraps as ``diffloss.net.*`` and we call ``head.net.*``.
+The official file is ``{'model': state_dict, 'model_ema': state_dict, ...}``
+(docs/official_code.md#generator-checkpoint), optionally with ``'args'`` (an
+``argparse.Namespace``). Our module names equal the official ones except the flow head, which the
+official code wraps as ``diffloss.net.*`` and we call ``head.net.*``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import torch
 from minieq.checkpoint import CheckpointError, load_state_strict, safe_torch_load
 from minieq.generator import Generator, GeneratorConfig
 
-# The released Places model: large_model with 30 classes (reference-spec §6.2).
+# The released Places model: large_model with 30 classes (docs/official_code.md#generator-checkpoint).
 PLACES_LARGE_ARGS = dict(encoder_embed_dim=1024, encoder_depth=16, decoder_depth=16, encoder_num_heads=16,
                          vae_embed_dim=256, class_num=30, buffer_size=16, diffloss_d=12, diffloss_w=1280,
                          num_sampling_steps="100", cond_length=3, shift_num=16)

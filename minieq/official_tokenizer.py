@@ -1,9 +1,10 @@
 """Load the official tokenizer checkpoint (a PyTorch-Lightning file) into a ColumnTokenizer.
 
-reference-spec §6.1: ``ckpt['state_dict']`` holds the live weights under plain names
-(``encoder.down.0.block.0.norm1.weight``) and the EMA weights — the ones the official inference
-uses — under dot-less names inside their module (``ema_encoder.down0block0norm1weight``). Our
-module names equal the official ones, so the mapping is only "remove the dots".
+See docs/official_code.md#tokenizer-checkpoint. ``ckpt['state_dict']`` holds the live weights
+under plain names (``encoder.down.0.block.0.norm1.weight``) and the EMA weights — the ones the
+official inference uses — under dot-less names inside their module
+(``ema_encoder.down0block0norm1weight``). Our module names equal the official ones, so the
+mapping is only "remove the dots".
 """
 from __future__ import annotations
 

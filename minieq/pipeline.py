@@ -1,7 +1,7 @@
 """Tokenizer + generator = images: class labels in, (B, 3, H, W) images out, any width.
 
 The generator works in a normalised latent space, ``tokens = σ-VAE sample × latent_scale``
-(reference-spec §3.8). The official code passes the scale as a magic CLI number
+(docs/official_code.md#latent-scale). The official code passes the scale as a magic CLI number
 (``--vae_norm 0.05493``); here :func:`minieq.generator_data.compute_latent_scale` derives it
 from data and every generator checkpoint stores it, so a :class:`Pipeline` never needs it from the user.
 

@@ -48,7 +48,7 @@ def _shipped(path: Path) -> Path:
         raise CheckpointError(
             f"{path}: the pretrained course model is not in this installation of minieq. Make it "
             f"with `python -m minieq.pretrained {path.stem.removeprefix('course_')} --out DIR` "
-            "(README, 'Pretrained course models'), or train the FAST one with minieq.course.")
+            "(docs/pretrained_models.md), or train the FAST one with minieq.course.")
     return path
 
 

@@ -8,9 +8,9 @@ Any width that is a multiple of the tokenizer's column width (≥ 2 columns) wor
 is trained on 16 tokens (its checkpoint says) but its windowed attention makes every length the
 same task (Fig. 5).
 ``--solver midpoint --steps 5`` samples with 10 flow-head calls per token instead of the official
-Euler's 100, at the same token error (README, "Sampling speed").
+Euler's 100, at the same token error (docs/sampling_speed.md).
 Unlike the official eval script, a missing checkpoint is an error, never random weights
-(reference-spec §4.2), and a batch of one image works.
+(docs/official_code.md#evaluation-script), and a batch of one image works.
 """
 from __future__ import annotations
 

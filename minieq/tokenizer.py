@@ -1,10 +1,11 @@
-"""The column tokenizer (paper Sec. 3.1; reference-spec §1): an image → one token per pixel column strip.
+"""The column tokenizer (paper Sec. 3.1; docs/official_code.md#tokenizer-encoder): an image → one
+token per pixel column strip.
 
 An H×W image becomes W / column_width continuous tokens of ``embed_dim`` channels. The 2D
 encoder shrinks the height to ``final_height`` rows and the width by ``column_width``; each
 column of that map (z_channels × final_height numbers) is flattened into one vector, mixed
 with its neighbours by a 1D conv, and projected to a token. Decoding mirrors this, so any number
-of tokens N ≥ 2 decodes to an H × N·column_width image (§1.7).
+of tokens N ≥ 2 decodes to an H × N·column_width image (docs/official_code.md#sequence-length).
 
 ``layout="grid"`` is the AR-MAR-2D baseline of the paper's ablation: the same network, but every
 position of the final 2D map is a token (raster order), so a 256×256 image with 4 downsamplings
@@ -47,10 +48,11 @@ class TokenizerConfig(ConfigBase):
     attn_resolutions: list[int] = field(default_factory=lambda: [16])  # heights with attention
     z_channels: int = 256
     embed_dim: int = 256  # token channels C
-    len_down_scale: int = 4  # how many downsamplings also halve the width (§1.3)
+    # How many downsamplings also halve the width (docs/official_code.md#tokenizer-configuration).
+    len_down_scale: int = 4
     dropout: float = 0.0
     num_groups: int = 32  # GroupNorm groups; must divide every normalised channel count
-    noise_std: float = 2.5  # σ-VAE noise bound (§1.5)
+    noise_std: float = 2.5  # σ-VAE noise bound (docs/official_code.md#sigma-vae-posterior)
     semantic_map: str = "res"  # decoder feature the semantic head reads: "res", "base" or "mid"
     semantic_ch: int = 64
     semantic_ch_mult: list[int] = field(default_factory=lambda: [8, 12])
@@ -101,7 +103,8 @@ class TokenizerConfig(ConfigBase):
         return self.z_channels * self.final_height if self.layout == "column" else self.z_channels
 
     def resample_stride(self, i: int) -> tuple[int, int]:
-        """Stride of the resampler between level i and i+1: (2,2), or (2,1) = height only (§1.3)."""
+        """Stride of the resampler between level i and i+1: (2,2), or (2,1) = height only
+        (docs/official_code.md#tokenizer-configuration)."""
         return (2, 2) if i < self.len_down_scale else (2, 1)
 
     def __post_init__(self):
@@ -174,7 +177,8 @@ class TokenizerOutput(NamedTuple):
 
 def sigma_vae_sample(mean: torch.Tensor, std: float = 2.5,
                      generator: torch.Generator | None = None) -> torch.Tensor:
-    """The σ-VAE draw of reference-spec §1.5: ``mean + s·ε`` with ONE noise scale s per sample.
+    """The σ-VAE draw of docs/official_code.md#sigma-vae-posterior: ``mean + s·ε`` with ONE noise
+    scale s per sample.
 
     s = clamp(N(0,1) · std/0.8, −std, +std), so about 42 % of samples get |s| = std exactly.
 
@@ -201,7 +205,7 @@ def _ramp(x: torch.Tensor, centre: float, half_width: float) -> torch.Tensor:
 class ColumnTokenizer(nn.Module):
     """Encoder → quant_layer → tokens → post_quant_layer → decoder (+ training-only semantic head).
 
-    Module names match the official state dict 1:1 (reference-spec §6.1).
+    Module names match the official state dict 1:1 (docs/official_code.md#tokenizer-checkpoint).
     """
 
     config_class = TokenizerConfig
@@ -211,7 +215,8 @@ class ColumnTokenizer(nn.Module):
         self.config = config
         post, c = config.post_channels, config.embed_dim
         self.encoder = Encoder(config)
-        # Official: Conv1d k=3 reflect over tokens (§1.4); the grid baseline uses the 2D analogue.
+        # Official: Conv1d k=3 reflect over tokens (docs/official_code.md#tokenizer-encoder); the
+        # grid baseline uses the 2D analogue.
         self.quant_layer = conv1d(post, c) if config.layout == "column" else conv2d(post, c)
         self.post_quant_layer = conv1d(c, post) if config.layout == "column" else conv2d(c, post)
         self.decoder = Decoder(config)
@@ -284,7 +289,8 @@ class ColumnTokenizer(nn.Module):
 
     @staticmethod
     def kl(mean: torch.Tensor) -> torch.Tensor:
-        """(B,) the official 'KL': 0.5·Σ mean² per sample, an L2 penalty (reference-spec §1.5)."""
+        """(B,) the official 'KL': 0.5·Σ mean² per sample, an L2 penalty
+        (docs/official_code.md#sigma-vae-posterior)."""
         return 0.5 * mean.pow(2).flatten(1).sum(dim=1)
 
     # ----- decode ---------------------------------------------------------------------------
@@ -302,7 +308,8 @@ class ColumnTokenizer(nn.Module):
         """Tokens (B, N, C) → images (B, 3, H, (N / rows) · column_width), for any N ≥ 2 columns.
 
         Exact but memory and time grow with N² in the global attention; see :meth:`decode_long`.
-        The semantic head never runs here (it is a training-only target, reference-spec §7).
+        The semantic head never runs here (it is a training-only target,
+        docs/official_code.md#tokenizer-quirks).
         """
         return self.decoder(self.tokens_to_map(z))
 
@@ -374,6 +381,7 @@ class ColumnTokenizer(nn.Module):
 
     @property
     def last_layer_weight(self) -> torch.Tensor:
-        """decoder.conv_out.weight, the layer the adaptive GAN weight differentiates (§2.1)."""
+        """decoder.conv_out.weight, the layer the adaptive GAN weight differentiates
+        (docs/official_code.md#tokenizer-loss)."""
         return self.decoder.conv_out.weight
 

@@ -1,10 +1,10 @@
 """Building blocks of the column tokenizer: GroupNorm, ResNet block, attention, resamplers.
 
-Everything here follows reference-spec §1.2 so that the official checkpoint loads 1:1:
-parameter names (``norm1``, ``conv1``, ``nin_shortcut``, ``q``/``k``/``v``/``proj_out``,
-``downsample.conv.conv``) are the official ones. **Every convolution pads by reflection**
-(never zeros): zero padding would tell the network where the image border is, which hurts the
-translation equivariance the paper is after (reference-spec §1.7).
+Everything here follows docs/official_code.md#tokenizer-building-blocks so that the official
+checkpoint loads 1:1: parameter names (``norm1``, ``conv1``, ``nin_shortcut``,
+``q``/``k``/``v``/``proj_out``, ``downsample.conv.conv``) are the official ones. **Every convolution
+pads by reflection** (never zeros): zero padding would tell the network where the image border is,
+which hurts the translation equivariance the paper is after (docs/official_code.md#sequence-length).
 
 Shape legend: B batch, C channels, H height, W width (pixels or feature-map columns).
 """
@@ -27,7 +27,8 @@ def conv1d(in_ch: int, out_ch: int, kernel: int = 3) -> nn.Conv1d:
 
 
 def group_norm(channels: int, num_groups: int) -> nn.GroupNorm:
-    """GroupNorm with the official eps 1e-6 (reference-spec §1.2: 32 groups at paper size)."""
+    """GroupNorm with the official eps 1e-6 (docs/official_code.md#tokenizer-building-blocks: 32
+    groups at paper size)."""
     if channels % num_groups:
         raise ValueError(f"num_groups={num_groups} does not divide {channels} channels")
     return nn.GroupNorm(num_groups, channels, eps=1e-6, affine=True)
@@ -114,7 +115,8 @@ class DownsampleShuffleResidual(nn.Module):
     """``unshuffle(conv3×3_{C→C/r}(x)) + avgpool(x)``: a residual, learned 2× downsampler.
 
     stride (2,2) halves both axes (r = 4); (2,1) halves only the height (r = 2), which is how
-    ``len_down_scale`` keeps the token width fixed while the height keeps shrinking (§1.3).
+    ``len_down_scale`` keeps the token width fixed while the height keeps shrinking
+    (docs/official_code.md#tokenizer-configuration).
     """
 
     def __init__(self, channels: int, stride: tuple[int, int]):
@@ -127,7 +129,7 @@ class DownsampleShuffleResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official shortcut (unshuffle, then mean over each group of r channels) is exactly
-        # average pooling over the stride window (reference-spec §1.2).
+        # average pooling over the stride window (docs/official_code.md#tokenizer-building-blocks).
         return pixel_unshuffle(self.conv(x), self.stride) + F.avg_pool2d(x, self.stride)
 
 
@@ -141,7 +143,7 @@ class UpsampleShuffleResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # The official shortcut (repeat_interleave channels r times, then shuffle) is exactly
-        # nearest-neighbour upsampling (reference-spec §1.2).
+        # nearest-neighbour upsampling (docs/official_code.md#tokenizer-building-blocks).
         nearest = F.interpolate(x, scale_factor=self.stride, mode="nearest")
         return pixel_shuffle(self.conv(x), self.stride) + nearest
 
@@ -178,7 +180,8 @@ def _run_middle(mid: nn.Module, h: torch.Tensor) -> torch.Tensor:
 class Encoder(nn.Module):
     """Image (B, 3, H, W) → feature map (B, z_channels, H_final, W / column_width) → ``encoder1d``.
 
-    ``cfg`` is a ``TokenizerConfig``; level i has ``num_res_blocks`` ResBlocks (reference-spec §1.4).
+    ``cfg`` is a ``TokenizerConfig``; level i has ``num_res_blocks`` ResBlocks
+    (docs/official_code.md#tokenizer-encoder).
     """
 
     def __init__(self, cfg):
@@ -202,8 +205,9 @@ class Encoder(nn.Module):
         self.mid = _middle(block_in, g, drop)
         self.norm_out = group_norm(block_in, g)
         self.conv_out = conv2d(block_in, cfg.z_channels)
-        # Column layout: a Conv1d over the token axis on the flattened columns (§1.4).
-        # Grid layout: the same idea as a 3×3 Conv2d over the 2D map of tokens.
+        # Column layout: a Conv1d over the token axis on the flattened columns
+        # (docs/official_code.md#tokenizer-encoder). Grid layout: the same idea as a 3×3 Conv2d over
+        # the 2D map of tokens.
         post = cfg.post_channels
         self.encoder1d = conv1d(post, post) if cfg.layout == "column" else conv2d(post, post)
         self.layout = cfg.layout
@@ -217,7 +221,8 @@ class Encoder(nn.Module):
         h = _run_middle(self.mid, h)
         h = self.conv_out(F.silu(self.norm_out(h)))  # (B, z, Hf, Wf)
         if self.layout == "column":
-            # Columnize: one vector per column, feature index = c·Hf + h (reference-spec §1.4).
+            # Columnize: one vector per column, feature index = c·Hf + h
+            # (docs/official_code.md#tokenizer-encoder).
             h = rearrange(h, "b z hf w -> b (z hf) w")  # (B, z, Hf, Wf) -> (B, z·Hf, Wf)
         return self.encoder1d(h)
 
@@ -226,7 +231,7 @@ class Decoder(nn.Module):
     """``decoder1d`` → feature map (B, z, H_final, N) → image (B, 3, H, N · column_width).
 
     Level i has ``num_res_blocks + 1`` ResBlocks; ``up[i]`` is level i, run from i = n−1 down to 0
-    (reference-spec §1.6).
+    (docs/official_code.md#tokenizer-decoder).
     """
 
     def __init__(self, cfg):
@@ -262,7 +267,8 @@ class Decoder(nn.Module):
         return h
 
     def forward(self, m: torch.Tensor, return_tap: bool = False):
-        """Map (B, z, Hf, Wf) → image; with ``return_tap`` also the semantic feature (§1.6)."""
+        """Map (B, z, Hf, Wf) → image; with ``return_tap`` also the semantic feature
+        (docs/official_code.md#tokenizer-decoder)."""
         h = self.conv_in(m)
         tap = h if self.semantic_map == "base" else None
         h = _run_middle(self.mid, h)
@@ -278,7 +284,8 @@ class Decoder(nn.Module):
 
 
 class SemanticDecoder(nn.Module):
-    """Training-only head: decoder tap → features aligned with a DINOv2 teacher (§1.8).
+    """Training-only head: decoder tap → features aligned with a DINOv2 teacher
+    (docs/official_code.md#semantic-head).
 
     The official module builds ``num_res_blocks + 1`` ResBlocks per level but its forward runs
     only the first ``num_res_blocks``. We build the extra block so official files load 1:1, never

@@ -1,4 +1,5 @@
-"""Train the AR generator on column tokens (paper Sec. 4, Table 8; reference-spec §3.10, §4.1).
+"""Train the AR generator on column tokens (paper Sec. 4, Table 8;
+docs/official_code.md#generator-hyper-parameters, #generator-training-script).
 
 One process (CPU, one GPU, a notebook)::
 
@@ -54,7 +55,8 @@ from minieq.utils import autocast, pick_device, seed_everything
 from minieq.viz import save_image_grid
 
 # The flow-matching head: the official code exempts every parameter whose name contains
-# "diffloss" from weight decay (reference-spec §4.1); in minieq that module is `Generator.head`.
+# "diffloss" from weight decay (docs/official_code.md#generator-training-script); in minieq that
+# module is `Generator.head`.
 HEAD_PREFIX = "head."
 
 
@@ -82,9 +84,10 @@ class GeneratorTrainConfig(ConfigBase):
     grad_clip: float = 3.0
     ema_decay: float = 0.9999
     label_drop: float = 0.1               # for classifier-free guidance
-    diffusion_batch_mul: int = 4          # flow-loss rows per token (reference-spec §3.5)
+    diffusion_batch_mul: int = 4          # flow-loss rows per token (official: 4)
     grad_checkpointing: bool = False
-    noise_std: float | None = None        # σ-VAE noise bound (§1.5); default: the tokenizer's (2.5)
+    # σ-VAE noise bound (docs/official_code.md#sigma-vae-posterior); default: the tokenizer's (2.5).
+    noise_std: float | None = None
     latent_scale: float | None = None     # default: compute_latent_scale on the data
     bf16: bool = True                     # bf16 autocast on CUDA (no-op on CPU)
     seed: int = 0
@@ -137,13 +140,15 @@ class GeneratorTrainConfig(ConfigBase):
 
     PRESETS = {
         # Every preset name means the same in both trainers (see TokenizerTrainConfig.PRESETS).
-        # Table 8 / reference-spec §3.10 (the field defaults): the Large model, 1200 epochs at
-        # global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100 warmup epochs, then constant.
+        # Table 8 / docs/official_code.md#generator-hyper-parameters (the field defaults): the
+        # Large model, 1200 epochs at global batch 2048, LR 1e-4 × 2048/256 = 8e-4 after 100
+        # warmup epochs, then constant.
         "paper": dict(sample_every=10000),
         # The course's FAST generator (notebook 05, `make demo`, minieq.course in FAST mode), CPU
         # minutes: the FAST model (GeneratorConfig "fast": 4 blocks of width 64, each token sees
-        # up to 12 tokens back, reference-spec §3.4), a short EMA and a high LR for a few hundred
-        # steps. Stored as "tiny" + overrides, the form existing course runs recorded.
+        # up to 12 tokens back, docs/official_code.md#windowed-causal-mask), a short EMA and a
+        # high LR for a few hundred steps. Stored as "tiny" + overrides, the form existing course
+        # runs recorded.
         "fast": dict(model="tiny", batch_size=32, steps=400, warmup_epochs=0.1, blr=8e-3,
                      ema_decay=0.99, diffusion_batch_mul=2, num_workers=0, log_every=10,
                      save_every=100, model_overrides=dict(FAST_SIZES)),
@@ -168,7 +173,8 @@ class GeneratorTrainConfig(ConfigBase):
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay for 1-D parameters, biases and the flow head (reference-spec §4.1).
+    """AdamW groups: no decay for 1-D parameters, biases and the flow head
+    (docs/official_code.md#generator-training-script).
 
     Class embeddings, the null class and the buffer position embedding are ≥ 2-D and *do*
     get decay, as in the official code.
@@ -194,7 +200,8 @@ class _LossModule(nn.Module):
 
 
 def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """Per-iteration LR with a fractional epoch, warmup then constant or cosine (reference-spec §4.1)."""
+    """Per-iteration LR with a fractional epoch, warmup then constant or cosine
+    (docs/official_code.md#generator-training-script)."""
     peak = cfg.lr if cfg.lr is not None else cfg.blr * cfg.batch_size / 256
     epoch = step / steps_per_epoch
     if cfg.lr_schedule == "constant":

@@ -1,4 +1,5 @@
-"""Two-stage tokenizer training (paper Sec. 4.1, Table 6; reference-spec §2.4-2.5).
+"""Two-stage tokenizer training (paper Sec. 4.1, Table 6;
+docs/official_code.md#tokenizer-optimisation, #tokenizer-stage-2).
 
     python -m minieq.train_tokenizer --preset fast --out runs/tok                      # CPU, minutes
     torchrun --nproc_per_node 8 -m minieq.train_tokenizer --preset paper \\
@@ -15,10 +16,11 @@ Stage 1 trains encoder, decoder, quant layers and semantic head. Stage 2 copies 
 into the live weights and fine-tunes only the decoder and post_quant_layer, with the semantic
 weight 0 (Table 5 "+ decoder finetune"); its step counter restarts at 0, as in the official code.
 One loop step = one autoencoder update, then one discriminator update on the same
-reconstruction (the official Lightning loop runs the whole forward twice, §2.4).
-A resume is bit-exact (optimizers, EMA, discriminator, data position and RNG are all in the
-checkpoint; the LR is a pure function of the step). With ``num_workers > 0`` the workers'
-augmentation seeds after a resume differ from a straight run.
+reconstruction (the official Lightning loop runs the whole forward twice,
+docs/official_code.md#tokenizer-optimisation). A resume is bit-exact (optimizers, EMA,
+discriminator, data position and RNG are all in the checkpoint; the LR is a pure function of the
+step). With ``num_workers > 0`` the workers' augmentation seeds after a resume differ from a
+straight run.
 """
 from __future__ import annotations
 
@@ -54,7 +56,7 @@ HALF_WIDTH = dict(ch=16, semantic_ch=16)
 @dataclass
 class TokenizerTrainConfig(ConfigBase):
     """One tokenizer run. Defaults are the paper's Table 6; where the official code differs the
-    comment says so (reference-spec §2.6)."""
+    comment says so (docs/official_code.md#tokenizer-paper-vs-code)."""
 
     tokenizer: str = "paper"  # TokenizerConfig preset
     tokenizer_overrides: dict[str, Any] = field(default_factory=dict)
@@ -103,7 +105,7 @@ class TokenizerTrainConfig(ConfigBase):
     }
     # The course's FAST tokenizer (notebook 02, `make demo`, minieq.course in FAST mode): the tiny
     # preset at half width (ch 16: 4x fewer FLOPs), 500 steps of 8 images. Measured 162 s on 2
-    # cores (README); PSNR 24.4 dB on held-out images.
+    # cores (docs/training_at_scale.md); PSNR 24.4 dB on held-out images.
     PRESETS["fast"] = {**PRESETS["tiny"], **dict(
         tokenizer_overrides=HALF_WIDTH, steps=500, batch_size=8, lr=1e-3, warmup=20,
         lr_decay_every=400, lr_decay=0.3, ema_decay=0.99, num_images=2048, log_every=10,
@@ -201,15 +203,16 @@ def build_dataset(cfg: TokenizerTrainConfig, tok_config: TokenizerConfig):
     """The training images: SynthScapes (rendered) or a real ImageFolder data set via minieq.data."""
     if cfg.data == "synthscapes":  # a rendered width must split into token columns
         token_columns(cfg.image_width, tok_config.column_width)
-    # Real data: square crops of the tokenizer height, random crop + flip (reference-spec §2.4).
+    # Real data: square crops of the tokenizer height, random crop + flip
+    # (docs/official_code.md#tokenizer-optimisation).
     return build_image_dataset(cfg.data, cfg.data_path, height=tok_config.image_height, width=cfg.image_width,
                  num_images=cfg.num_images, seed=cfg.seed)
 
 
 def set_trainable(tok: ColumnTokenizer, stage: int, semantic: bool) -> list[nn.Parameter]:
     """Stage 1: everything (the semantic head only if its loss is on); stage 2: decoder +
-    post_quant_layer only (§2.5). Frozen parameters get requires_grad=False, so neither the
-    optimizer nor the EMA nor DDP sees them."""
+    post_quant_layer only (docs/official_code.md#tokenizer-stage-2). Frozen parameters get
+    requires_grad=False, so neither the optimizer nor the EMA nor DDP sees them."""
     tok.requires_grad_(stage == 1)
     if stage == 2:
         tok.decoder.requires_grad_(True)
@@ -262,7 +265,7 @@ def train(cfg: TokenizerTrainConfig, out: str | Path, *, resume: str | None = No
         tok = ColumnTokenizer(TokenizerConfig.preset(cfg.tokenizer, **cfg.tokenizer_overrides))
     else:
         tok = build_model("ColumnTokenizer", config_dict)
-    if init is not None:  # stage 2 starts from the stage-1 EMA weights (§2.5)
+    if init is not None:  # stage 2 starts from the stage-1 EMA weights, as official
         load_state_strict(tok, init.get("ema_state_dict") or init["state_dict"], where=cfg.init)
     loss_cfg = cfg.loss if cfg.stage == 1 else cfg.loss.replace(semantic_weight=0.0)
     loss_fn = TokenizerLoss(loss_cfg, tok.config.semantic_out_channels)

@@ -10,7 +10,8 @@
 - :func:`metrics_log` and :func:`is_due` are the one convention of both trainers' logs and saves:
   a row or checkpoint is labelled by the number of steps done.
 - LR schedules are pure functions of the step, so they need no state of their own (unlike the
-  official tokenizer's stateful scheduler, which resumes at LR 0: reference-spec §7).
+  official tokenizer's stateful scheduler, which resumes at LR 0:
+  docs/official_code.md#tokenizer-quirks).
 """
 from __future__ import annotations
 

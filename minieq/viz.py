@@ -1,6 +1,6 @@
 """Pictures for the course and the README: image grids, panoramas, loss curves, the
-token-by-token reconstruction of the paper's Fig. 2/8 (reference-spec §5) and the token
-regenerations of its Fig. 6.
+token-by-token reconstruction of the paper's Fig. 2/8 (docs/official_code.md#token-by-token-demo)
+and the token regenerations of its Fig. 6.
 
 Images are float tensors in [-1, 1], shape (B, 3, H, W) or (3, H, W). Every function that
 returns a picture returns a uint8 numpy array (H, W, 3), which PIL, imageio and matplotlib
@@ -115,8 +115,8 @@ def _latent_scale_noise(z: torch.Tensor, generator: torch.Generator | None,
     of ``reference`` tokens (B, N, C), or of ``z`` itself when no reference is given.
 
     The official demo draws N(0, 1) tokens although real latents have std ≈ 18
-    (reference-spec §5 step 3), so its "random" columns are far off the latent distribution;
-    matching the per-channel statistics makes them look like plausible content.
+    (docs/official_code.md#token-by-token-demo), so its "random" columns are far off the
+    latent distribution; matching the per-channel statistics makes them look like plausible content.
     """
     ref = (z if reference is None else reference).to(z.device, z.dtype).flatten(0, 1)  # (B·N, C)
     mean, std = ref.mean(dim=0), ref.std(dim=0)  # (C,) each
@@ -134,7 +134,7 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
     Encode ``image`` to N tokens, then for k = 0..N decode the sequence whose first k tokens
     are the true ones and whose last N − k are ``noise``. Frame 0 is decode(noise) and frame
     N is decode(encode(image)). Because each token mostly describes its own column
-    (reference-spec §1.9), the image appears left to right, strip by strip.
+    (docs/official_code.md#what-a-column-token-sees), the image appears left to right, strip by strip.
 
     :param tokenizer: a ColumnTokenizer (its device is used; it is run in eval mode).
     :param image: (3, H, W) or (1, 3, H, W) in [-1, 1].
@@ -153,7 +153,8 @@ def token_by_token_frames(tokenizer, image: torch.Tensor, noise: torch.Tensor | 
         raise ValueError(f"token_by_token_frames takes one image, got {tuple(image.shape)}")
     device = next(tokenizer.parameters()).device
     with eval_mode(tokenizer):
-        # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses (§5 step 3).
+        # (1, N, C): the posterior mean, or the σ-VAE draw the official demo uses
+        # (docs/official_code.md#token-by-token-demo).
         z = tokenizer.encode(image.to(device), sample=sample, generator=generator)
         if noise is None:
             noise = _latent_scale_noise(z, generator, reference)

@@ -26,7 +26,8 @@ def repo_root() -> Path:
 
 @pytest.fixture
 def parity_dir() -> Path:
-    """The golden fixtures (MINIEQ_PARITY_DIR, default ../shared/golden); skips when absent."""
+    """The golden fixtures (MINIEQ_PARITY_DIR; by default a `shared/golden` folder beside the
+    repository, made by running the official code and not shipped with minieq); skips when absent."""
     path = Path(os.environ.get("MINIEQ_PARITY_DIR", REPO.parent / "shared" / "golden"))
     if not path.is_dir():
         pytest.skip(f"parity fixtures not found at {path} (set MINIEQ_PARITY_DIR)")

@@ -21,7 +21,7 @@ def test_receptive_field_grows_by_cond_length_per_layer(depth):
     assert dep.shape == (n, n) and dep.dtype == torch.bool
     for k in range(n):
         # Row k conditions token k: it sees tokens max(0, k - c·depth - 1) .. k - 1 and nothing else
-        # (row 0 is the class alone; reference-spec §3.4).
+        # (row 0 is the class alone; docs/official_code.md#windowed-causal-mask).
         expected = torch.zeros(n, dtype=torch.bool)
         expected[max(0, k - 1 - c * depth):k] = True
         assert torch.equal(dep[k], expected), (k, dep[k])
@@ -72,7 +72,8 @@ def test_per_position_loss_matches_mean_loss_and_is_reproducible():
     a = analysis.per_position_loss(gen, latents, labels, repeats=2, batch_size=4)
     b = analysis.per_position_loss(gen, latents, labels, repeats=2, batch_size=4)
     assert a.shape == (8,) and torch.equal(a, b)
-    # An untrained head predicts v = 0, so each position's loss is E|ε - x0|² ≈ 2 (spec §3.6).
+    # An untrained head predicts v = 0, so each position's loss is E|ε - x0|² ≈ 2
+    # (docs/official_code.md#flow-head).
     assert torch.allclose(a, torch.full((8,), 2.0), atol=0.5)
     with pytest.raises(ValueError):
         analysis.per_position_loss(gen, latents[0], labels)

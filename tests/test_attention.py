@@ -13,7 +13,8 @@ def test_mask_no_future_and_exact_window():
     assert mask.dtype == torch.bool and mask.shape == (n, n)
     for i in range(n):
         allowed = mask[i].nonzero().flatten().tolist()
-        # spec §3.4: row 0 sees {0}, row 3 {0..3}, row 4 {1..4}: itself + the c previous tokens.
+        # docs/official_code.md#windowed-causal-mask: row 0 sees {0}, row 3 {0..3}, row 4 {1..4}:
+        # itself + the c previous tokens.
         assert allowed == list(range(max(0, i - c), i + 1))
     assert not mask.triu(1).any()  # nothing in the future
 

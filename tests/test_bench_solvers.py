@@ -1,4 +1,4 @@
-"""Issue 11's solver benchmark: the error curve and the pick (values, not timings)."""
+"""The solver benchmark: the error curve and the pick (values, not timings)."""
 import torch
 
 from minieq.bench.solvers import error_curve, pick_setting

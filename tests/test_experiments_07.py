@@ -1,4 +1,4 @@
-"""Issue 10, items 1-4: loss positions, PCA codecs, the experiments' summaries and FLOP counts."""
+"""The paper's analyses of notebook 07: loss positions, PCA codecs, the experiments' summaries and FLOP counts."""
 import json
 
 import pytest

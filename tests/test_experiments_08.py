@@ -1,4 +1,4 @@
-"""Issue 10 items 5-7: the shift ablation, long-image fidelity and the generation process.
+"""The analyses of notebook 08: the shift ablation, long-image fidelity and the generation process.
 
 Tiny random models keep every test at seconds; what is checked is the measuring code (crop
 positions, class-matched real sets, FD at an offset, prefix sampling, frames) and that every

@@ -30,7 +30,7 @@ def test_zero_init_predicts_zero_and_loss_is_about_two():
     assert torch.equal(head.velocity(x0, torch.rand(4096), c), torch.zeros(4096, 6))
     rows = head.loss(x0, c)
     assert rows.shape == (4096,) and torch.isfinite(rows).all()
-    # v̂ = 0, target ε − x0 has variance 2 per channel (spec §3.6).
+    # v̂ = 0, target ε − x0 has variance 2 per channel (docs/official_code.md#flow-head).
     assert abs(rows.mean().item() - 2.0) < 0.1
 
 
@@ -75,7 +75,7 @@ def test_cfg_combines_velocities():
     assert torch.allclose(one, noise - (v_u + 3.0 * (v_c - v_u)), atol=1e-5)
 
 
-# ---- solvers (issue 11) ---------------------------------------------------------------------------
+# ---- solvers ---------------------------------------------------------------------------------------
 
 def _official_euler(head, c, uncond, cfg, noise, steps):
     """The sampler as it was before the solvers (and as the official code): one head.velocity

@@ -24,7 +24,8 @@ def make(attention="window", cond_length=2, depth=3, seed=0, **kw):
 # ---- sizes -------------------------------------------------------------------------------------
 
 def closed_form_params(cfg: GeneratorConfig) -> int:
-    """Parameter count from the architecture (reference-spec §3.1-3.3, §3.6)."""
+    """Parameter count from the architecture (docs/official_code.md#generator-sizes,
+    #generator-parameters-and-init, #generator-block, #flow-head)."""
     D, w, C_, S = cfg.embed_dim, cfg.head_width, cfg.token_dim, cfg.buffer_size
     hidden = int(D * cfg.mlp_ratio)
     block = (3 * D * D + 3 * D) + (D * D + D) + 4 * (D * D + D) + (D * hidden + hidden) + (hidden * D + D) + 4 * 2 * D
@@ -39,7 +40,8 @@ def closed_form_params(cfg: GeneratorConfig) -> int:
 @pytest.mark.parametrize("name, millions, classes", [
     ("S", 127.31, 1000), ("B", 295.59, 1000), ("L", 644.50, 1000), ("H", 1203.21, 1000), ("L", 643.50, 30)])
 def test_paper_preset_parameter_counts(name, millions, classes):
-    """Totals of the official code (reference-spec §3.1), counted on the meta device (no memory).
+    """Totals of the official code (docs/official_code.md#generator-sizes), counted on the meta
+    device (no memory).
 
     The paper lists Ours-S as 151 M, but the official small_model (D 512, 16 blocks, head 12×960)
     has 127.31 M. We could not find the cause; no single change we tried gives 151 M (e.g. a
@@ -159,8 +161,9 @@ def test_loss_scalar_per_position_and_grad_checkpointing():
 
 
 def test_loss_of_the_zero_initialised_head_is_the_velocity_target_energy():
-    """The fresh flow head outputs v = 0 (its last layer is zero-initialised, spec §3.2), so the loss
-    of token x0 is mean_c (ε − x0)², whose expectation is 1 + x0²: here 1 + (k/2)² at position k."""
+    """The fresh flow head outputs v = 0 (its last layer is zero-initialised,
+    docs/official_code.md#flow-head), so the loss of token x0 is mean_c (ε −
+    x0)², whose expectation is 1 + x0²: here 1 + (k/2)² at position k."""
     torch.manual_seed(0)
     gen = Generator(GeneratorConfig.preset("tiny", token_dim=C, num_classes=5, embed_dim=32, depth=1,
                                            num_heads=2, head_width=32, head_depth=1)).eval()

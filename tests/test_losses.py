@@ -171,7 +171,8 @@ def test_patchgan_logits_and_in_the_loss(offline, tok):
     x = images()
     out = tok.reconstruct(x)
     logs = loss.generator_loss(x, out, step=0, last_layer=tok.last_layer_weight)
-    # By hand (§2.1): g = −mean D(x̂); d_weight = 0.5·‖∇nll‖ / (‖∇g‖ + 1e-4) on the last layer.
+    # By hand (docs/official_code.md#tokenizer-loss): g = −mean D(x̂);
+    # d_weight = 0.5·‖∇nll‖ / (‖∇g‖ + 1e-4) on the last layer.
     g = -loss.discriminator(out.recon).mean()
     nll = (x - out.recon).abs().sum() / x.shape[0]
     nll_grad, = torch.autograd.grad(nll, tok.last_layer_weight, retain_graph=True)

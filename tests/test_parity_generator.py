@@ -1,4 +1,4 @@
-"""Number-for-number parity with the official generator (fixtures in ../shared/golden, see its README)."""
+"""Number-for-number parity with the official generator (fixtures: see ``parity_dir`` in conftest.py)."""
 import argparse
 import json
 import os

@@ -9,7 +9,7 @@ from minieq import (ColumnTokenizer, TokenizerConfig, load_checkpoint, sigma_vae
 from minieq.tokenizer_blocks import pixel_shuffle, pixel_unshuffle
 from minieq.utils import count_parameters
 
-GOLDEN_PARAMS = {  # the official model.params of the parity fixture (shared/golden/public_config.json)
+GOLDEN_PARAMS = {  # the official model.params of the parity fixture (its public_config.json)
     "embed_dim": 8, "post_channels": 128, "std": 2.5,
     "ddconfig": {"double_enc": False, "z_channels": 8, "resolution": 256, "in_channels": 3,
                  "out_ch": 3, "ch": 32, "ch_mult": [1, 1, 2, 2, 2], "num_res_blocks": 1,
@@ -168,7 +168,7 @@ def test_paper_parameter_counts_match_the_official_model():
               ("encoder", "quant_layer", "post_quant_layer", "decoder", "semantic_decoder")}
     assert counts == {"encoder": 86_050_816, "quant_layer": 3_145_984,
                       "post_quant_layer": 3_149_824, "decoder": 121_548_547,
-                      "semantic_decoder": 67_663_360}  # reference-spec §1.10
+                      "semantic_decoder": 67_663_360}  # docs/official_code.md#parameter-counts
     assert count_parameters(model) - counts["semantic_decoder"] == 213_895_171  # 213.9 M
     assert model.encoder.encoder1d.weight.shape == (4096, 4096, 3)
     assert model.last_layer_weight is model.decoder.conv_out.weight
@@ -196,7 +196,7 @@ def test_sigma_vae_sample_statistics():
     scale = noise.flatten(1).std(dim=1)
     assert scale.max() < 2.5 * 1.06  # clamped at the bound (std estimates are ±1 %)
     assert abs((scale > 2.44).float().mean().item() - 0.42) < 0.04  # P(|N(0,1)| ≥ 0.8) ≈ 0.424
-    assert abs(noise.std().item() - 1.94) < 0.05  # reference-spec §1.5
+    assert abs(noise.std().item() - 1.94) < 0.05  # docs/official_code.md#sigma-vae-posterior
     shifted = sigma_vae_sample(mean + 3.0, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(shifted - 3.0, noise, atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""Benchmark: end-to-end sampling speed, transformer + flow head (issue 11).
+"""Benchmark: end-to-end sampling speed, transformer + flow head.
 
     python -m minieq.bench.end_to_end                   # S preset, random weights: ~3 CPU minutes
     python -m minieq.bench.end_to_end --fast heun:6 --batch 2 --device cuda

@@ -1,4 +1,4 @@
-"""Benchmark: the flow head's sampling loop, per token: cheap wins and a roofline (issue 11).
+"""Benchmark: the flow head's sampling loop, per token: cheap wins and a roofline.
 
     python -m minieq.bench.head                    # S head (12 x 960) and the course head, CPU
     python -m minieq.bench.head --presets S --batch 4

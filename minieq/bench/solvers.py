@@ -1,4 +1,4 @@
-"""Benchmark: error vs cost of the flow head's ODE solvers (issue 11).
+"""Benchmark: error vs cost of the flow head's ODE solvers.
 
     python -m minieq.bench.solvers                          # the pretrained course generator, CPU
     python -m minieq.bench.solvers --generator runs/gen/generator.pt --fd_images 0

@@ -36,7 +36,7 @@ from minieq.utils import pick_device
 # Measured (64 held-out images, posterior means; 500 steps, 162 s on 2 cores, deterministic, so
 # make demo and notebook 02 agree): PSNR 24.4 dB / SSIM 0.70, colours and horizon right, nearly
 # constant along x, below the row-mean baseline (26.8 dB) and the PCA column codec (29.1 dB)
-# (README, "Known limits"). What hours of CPU training give is the pretrained course tokenizer.
+# (docs/results.md, "Known limits"). What hours of CPU training give is the pretrained course tokenizer.
 COURSE_TOKENIZER = HALF_WIDTH
 
 # Each mode's trainer preset, the same name in both trainers: `python -m minieq.train_tokenizer

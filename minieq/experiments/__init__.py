@@ -3,7 +3,7 @@
 Every experiment runs at two scales with the same code: ``--scale cpu`` (SynthScapes and the
 course models, minutes on a laptop CPU) and ``--scale paper`` (the paper presets, a GPU). Each
 writes ``OUT/NAME.json`` (the numbers, the settings and the seed) and ``OUT/NAME.png`` (its
-figure), which the README's results table and notebooks 07-08 read.
+figure), which docs/results.md and notebooks 07-08 read.
 
 This module holds what the experiments share: the registry of names, the common flags and the
 result writer.
@@ -27,6 +27,7 @@ EXPERIMENTS = (
     "shift",          # Fig. 7: RoPE random shift 16 vs 1, far beyond training
     "long_fidelity",  # FD of crops vs x-offset on 8x-64x strips (not in the paper)
     "process",        # Fig. 9 / Fig. 5: token-by-token frames and long strips
+    "tokenizer_ablation",  # Table 5: decoder fine-tuning, one more loss term per row
 )
 SCALES = ("cpu", "paper")
 
@@ -46,7 +47,7 @@ def experiment_parser(name: str, description: str) -> argparse.ArgumentParser:
 
 def write_result(out: str | os.PathLike, name: str, result: dict[str, Any], figure=None) -> dict[str, Path]:
     """Write ``OUT/name.json`` (and ``OUT/name.png`` from a matplotlib figure), each atomically
-    (a half-written file would be read by the README table or a notebook)."""
+    (a half-written file would be read by a results table or a notebook)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / f"{name}.json"}

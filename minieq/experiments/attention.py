@@ -1,6 +1,6 @@
 """Attention ablation (paper Sec. 4.4, Table 4): window causal vs full causal vs strictly equivariant.
 
-    python -m minieq.experiments attention [--latents /work/course_runs/generator/latents.pt]
+    python -m minieq.experiments attention [--latents runs/pretrained/generator/latents.pt]
 
 Three generators, identical but for ``GeneratorConfig.attention``, are trained the same way
 (same data, steps, seed) on the course tokenizer's latents:

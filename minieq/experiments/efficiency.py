@@ -45,7 +45,7 @@ MODELS = {
     "AR-MAR-2D-B (256 tokens)": ("B", 256, GRID), "AR-MAR-2D-B (16 tokens)": ("B", 16, GRID),
     "AR-MAR-2D-L (16 tokens)": ("L", 16, GRID),
 }
-SAMPLING_STEPS = 100  # the paper's Euler steps of the flow head (Table 8 / reference-spec)
+SAMPLING_STEPS = 100  # the Euler steps of the flow head (Table 8; docs/official_code.md#flow-head)
 
 
 def attention_pairs(num_tokens: int, attention: str, cond_length: int = 3) -> int:

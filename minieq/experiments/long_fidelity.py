@@ -1,4 +1,4 @@
-"""Long-image fidelity, a metric the paper does not have (issue 10, item 6).
+"""Long-image fidelity, a metric the paper does not have.
 
 Equivariance (Sec. 3.3) makes every position of a strip the same task, so a crop of the training
 width cut at any x-offset of a strip 8x-64x the training width should look like a training image.

@@ -1,4 +1,4 @@
-"""The generation process (paper Fig. 9) and long images (Fig. 5); issue 10, item 7.
+"""The generation process (paper Fig. 9) and long images (Fig. 5).
 
 Fig. 9 shows an image appearing column by column as its tokens are sampled: frame k is the
 decoding of the first k tokens, which is all the generator has after k steps (a causal sampler

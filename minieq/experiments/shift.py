@@ -1,4 +1,4 @@
-"""Position-shift ablation (paper Sec. 3.3, Fig. 7; issue 10, item 5).
+"""Position-shift ablation (paper Sec. 3.3, Fig. 7).
 
 The image tokens' queries carry RoPE at their absolute positions, also in the cross-attention
 to the class tokens, whose keys carry none; so the generator is *not* blind to absolute
@@ -17,7 +17,7 @@ and 1 (no shift), then compared with two numbers:
   training width, with the same real reference for both models.
 
     python -m minieq.experiments shift                       # CPU: the FAST model, minutes
-    python -m minieq.experiments shift --latents /work/course_runs/generator/latents.pt
+    python -m minieq.experiments shift --latents runs/pretrained/generator/latents.pt
     python -m minieq.experiments shift --scale paper --latents LAT.pt --tokenizer TOK.pt
 
 Legend: B batch, N tokens, C channels, D width.
