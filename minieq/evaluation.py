@@ -18,6 +18,7 @@ from torch import nn
 from minieq.data import SynthScapes
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.metrics import psnr, ssim
+from minieq.texture import texture_report
 
 # Held-out SynthScapes images for the recorded numbers: the val split (disjoint from every
 # training set), TRAIN_TOKENS columns wide like the training images, a fixed seed.
@@ -37,14 +38,16 @@ def heldout_images(height: int, width: int, num_images: int = HELDOUT_IMAGES,
 @torch.no_grad()
 def evaluate_tokenizer(tokenizer: nn.Module, num_images: int = HELDOUT_IMAGES,
                        seed: int = HELDOUT_SEED, batch_size: int = 64) -> dict:
-    """Held-out PSNR / SSIM of posterior-mean reconstructions, computed in float32 on the CPU
-    (deterministic, so a test can recompute the recorded value to 0.05 dB)."""
+    """Held-out PSNR / SSIM and texture ratios (:func:`minieq.texture.texture_report`) of
+    posterior-mean reconstructions, computed in float32 on the CPU (deterministic, so a test can
+    recompute the recorded values)."""
     tokenizer = tokenizer.float().cpu().eval()
     cfg = tokenizer.config
     x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images, seed)
     recon = torch.cat([tokenizer.decode(tokenizer.encode(b)).clamp(-1, 1) for b in x.split(batch_size)])
+    texture = {k: round(v, 4) for k, v in texture_report(recon, x).items()}
     return {"psnr_db": round(float(psnr(x, recon).mean()), 4), "ssim": round(float(ssim(x, recon).mean()), 4),
-            "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
+            **texture, "images": num_images, "seed": seed, "split": "val", "width": x.shape[-1]}
 
 
 def pca_basis(rows: torch.Tensor, dims: int) -> tuple[torch.Tensor, torch.Tensor]:

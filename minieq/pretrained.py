@@ -6,7 +6,14 @@ learners see column tokens, token-by-token reconstructions and long images of re
 One command trains (or resumes) a model and exports it into the package:
 
     python -m minieq.pretrained tokenizer --out runs/pretrained/tokenizer    # hours on a CPU
+    python -m minieq.pretrained textured --out runs/pretrained/textured      # its decoder, textured
     python -m minieq.pretrained generator --out runs/pretrained/generator    # on its latents
+
+The tokenizer comes in two files with ONE encoder: ``course_tokenizer.pt`` (stage 1: L1 + KL)
+and ``course_tokenizer_textured.pt``, whose decoder alone was fine-tuned with the adversarial and
+perceptual objective (paper Table 5, "+ decoder finetune"; the trainer's ``pretrained_texture``
+preset). Their latents are bit-identical, so the one shipped generator serves both, and
+:func:`pretrained_tokenizer` returns the textured one unless asked for ``decoder="stage1"``.
 
 Rerunning a command resumes its run from ``<out>/checkpoint.pt`` (exactly: the trainers store
 every RNG and optimizer state), so an interrupted run costs only the steps since its last save.
@@ -40,22 +47,33 @@ from minieq.utils import pick_device
 
 PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
 TOKENIZER_FILE = PACKAGE_DIR / "course_tokenizer.pt"
+TEXTURED_FILE = PACKAGE_DIR / "course_tokenizer_textured.pt"
 GENERATOR_FILE = PACKAGE_DIR / "course_generator.pt"
+DECODERS = ("textured", "stage1")
+MODELS = ("tokenizer", "textured", "generator")
 
 
 def _shipped(path: Path) -> Path:
     if not path.is_file():
+        model = {TOKENIZER_FILE: "tokenizer", TEXTURED_FILE: "textured"}.get(path, "generator")
         raise CheckpointError(
-            f"{path}: the pretrained course model is not in this installation of minieq. Make it "
-            f"with `python -m minieq.pretrained {path.stem.removeprefix('course_')} --out DIR` "
+            f"{path.name}: the pretrained course model is not in this installation of minieq. Make "
+            f"it with `python -m minieq.pretrained {model} --out DIR` "
             "(docs/pretrained_models.md), or train the FAST one with minieq.course.")
     return path
 
 
-def pretrained_tokenizer(device: str | torch.device | None = None) -> nn.Module:
-    """The shipped course ColumnTokenizer (EMA weights, float32, eval mode) on ``device``."""
+def pretrained_tokenizer(device: str | torch.device | None = None, decoder: str = "textured") -> nn.Module:
+    """The shipped course ColumnTokenizer (EMA weights, float32, eval mode) on ``device``.
+
+    ``decoder="textured"`` (default): the decoder fine-tuned with the adversarial and perceptual
+    objective; ``"stage1"``: the L1 + KL decoder it started from. The encoders are identical.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     device = torch.device(device) if device is not None else pick_device()
-    return load_checkpoint(_shipped(TOKENIZER_FILE), map_location=device).float().eval()
+    path = TEXTURED_FILE if decoder == "textured" else TOKENIZER_FILE
+    return load_checkpoint(_shipped(path), map_location=device).float().eval()
 
 
 def pretrained_generator(device: str | torch.device | None = None) -> tuple[nn.Module, float]:
@@ -78,6 +96,8 @@ def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -
     if train_config is None or "train_state" not in ckpt:
         raise CheckpointError(f"{run_checkpoint}: not a training checkpoint (no train_config/train_state)")
     model = load_checkpoint(run_checkpoint).half()  # EMA weights, rounded as they will be shipped
+    config_class = TokenizerTrainConfig if ckpt["model_class"] == "ColumnTokenizer" else GeneratorTrainConfig
+    train_config = config_class.from_dict(train_config).to_dict()  # today's field names
     meta = {"train_config": train_config, "step": int(ckpt["train_state"]["step"]), "command": command, **extra}
     if ckpt["model_class"] == "ColumnTokenizer":
         meta["heldout"] = evaluate_tokenizer(copy.deepcopy(model).float())
@@ -92,6 +112,14 @@ def _train_tokenizer(out: Path, steps: int | None) -> Path:
     overrides = {"steps": steps} if steps else {}
     cfg = TokenizerTrainConfig.preset("pretrained", **overrides)
     return train_tokenizer(cfg, out, device=pick_device())  # resumes from out/checkpoint.pt if it exists
+
+
+def _train_textured(out: Path, steps: int | None) -> Path:
+    """Stage 2 from the shipped stage-1 file: only the decoder trains (its encoder stays frozen)."""
+    overrides = {"steps": steps} if steps else {}
+    cfg = TokenizerTrainConfig.preset("pretrained_texture", init=os.path.relpath(_shipped(TOKENIZER_FILE)),
+                                      **overrides)
+    return train_tokenizer(cfg, out, device=pick_device())
 
 
 def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:
@@ -114,7 +142,8 @@ def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tupl
 def main(argv: list[str] | None = None) -> dict:
     parser = parser_for("pretrained", "Train (or resume) a pretrained course model (the trainers' "
                                       "`pretrained` preset) and export it into minieq/weights/.")
-    parser.add_argument("model", choices=["tokenizer", "generator"], help="which course model")
+    parser.add_argument("model", choices=list(MODELS), help="which course model (textured: the "
+                        "shipped tokenizer's decoder fine-tuned with the adversarial and perceptual loss)")
     parser.add_argument("--out", type=Path, required=True, help="run folder (resumed if it holds a checkpoint)")
     parser.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     parser.add_argument("--export", type=Path, default=None, help="file to write (default: the package's)")
@@ -124,6 +153,8 @@ def main(argv: list[str] | None = None) -> dict:
         if args.model == "tokenizer":
             ckpt = _train_tokenizer(args.out, args.steps)
             meta = export(ckpt, args.export or TOKENIZER_FILE, command)
+        elif args.model == "textured":
+            meta = export(_train_textured(args.out, args.steps), args.export or TEXTURED_FILE, command)
         else:
             ckpt, latents = _train_generator(args.out, _shipped(TOKENIZER_FILE), args.steps)
             meta = export(ckpt, args.export or GENERATOR_FILE, command, latents=latents)

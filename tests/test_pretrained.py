@@ -9,7 +9,7 @@ from minieq.tokenizer import ColumnTokenizer
 
 MICRO = dict(ch=8, ch_mult=[1, 1, 1, 1], num_groups=4, z_channels=4, embed_dim=8, attn_resolutions=[],
              semantic_ch=8, semantic_ch_mult=[1, 1], semantic_out_channels=8)
-MAX_PACKAGE_BYTES = 12 * 2 ** 20  # both shipped files together
+MAX_PACKAGE_BYTES = 12 * 2 ** 20  # every shipped file together
 
 
 def _float_tensors(ckpt: dict) -> list[torch.Tensor]:
@@ -31,7 +31,7 @@ def test_export_stores_half_weights_recipe_and_reproducible_psnr(tmp_path, monke
     assert raw["heldout"] == meta["heldout"] and raw["heldout"]["images"] == evaluation.HELDOUT_IMAGES
 
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", out)
-    tok = pretrained.pretrained_tokenizer(device="cpu")
+    tok = pretrained.pretrained_tokenizer(device="cpu", decoder="stage1")
     assert isinstance(tok, ColumnTokenizer) and not tok.training
     assert all(p.dtype == torch.float32 for p in tok.parameters())
     again = evaluation.evaluate_tokenizer(tok)
@@ -66,11 +66,14 @@ def test_export_of_a_generator_run_keeps_its_latent_scale(tmp_path, monkeypatch)
 
 def test_missing_pretrained_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "course_tokenizer.pt")
-    with pytest.raises(CheckpointError, match="not in this installation"):
+    monkeypatch.setattr(pretrained, "TEXTURED_FILE", tmp_path / "course_tokenizer_textured.pt")
+    with pytest.raises(CheckpointError, match="not in this installation.*pretrained tokenizer"):
+        pretrained.pretrained_tokenizer(device="cpu", decoder="stage1")
+    with pytest.raises(CheckpointError, match="not in this installation.*pretrained textured"):
         pretrained.pretrained_tokenizer(device="cpu")
 
 
-SHIPPED = [pretrained.TOKENIZER_FILE, pretrained.GENERATOR_FILE]
+SHIPPED = [pretrained.TOKENIZER_FILE, pretrained.GENERATOR_FILE, pretrained.TEXTURED_FILE]
 
 
 @pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
@@ -86,18 +89,48 @@ def test_shipped_course_models():
         assert ckpt["command"].startswith("python -m minieq.pretrained")
     # The recipe in the file is the preset's, trained to its end: one command reproduces it.
     tok_cfg = tok_ckpt["train_config"]
-    assert tok_cfg == tt.TokenizerTrainConfig.preset("pretrained", steps=tok_cfg["steps"]).to_dict()
+    assert tt.TokenizerTrainConfig.from_dict(tok_cfg) == tt.TokenizerTrainConfig.preset("pretrained", steps=tok_cfg["steps"])
     assert tok_ckpt["step"] == tok_cfg["steps"] and "seed" in tok_cfg
     gen_cfg = GeneratorTrainConfig.from_dict(gen_ckpt["train_config"])
     assert gen_ckpt["step"] == gen_cfg.steps and gen_ckpt["latent_scale"] > 0
     assert gen_ckpt["latents"]["tokenizer_step"] == tok_ckpt["step"]
 
-    tok = pretrained.pretrained_tokenizer(device="cpu")
+    tok = pretrained.pretrained_tokenizer(device="cpu", decoder="stage1")
     measured = evaluation.evaluate_tokenizer(tok)
     assert abs(measured["psnr_db"] - tok_ckpt["heldout"]["psnr_db"]) < 0.05
     gen, scale = pretrained.pretrained_generator(device="cpu")
     assert scale == gen_ckpt["latent_scale"] and not gen.training
     assert gen.config.token_dim == tok.config.embed_dim
+
+
+@pytest.mark.skipif(not all(p.is_file() for p in SHIPPED),
+                    reason="the pretrained course models are not shipped in this checkout yet")
+def test_shipped_textured_decoder():
+    """The default tokenizer: the stage-1 file with only its decoder fine-tuned (Table 5), so its
+    latents are bit-identical and the shipped generator stays valid; recipe and numbers inside."""
+    ckpt = torch.load(pretrained.TEXTURED_FILE, map_location="cpu", weights_only=True)
+    stage1 = torch.load(pretrained.TOKENIZER_FILE, map_location="cpu", weights_only=True)
+    assert all(t.dtype == torch.float16 for t in _float_tensors(ckpt))
+    assert ckpt["command"].startswith("python -m minieq.pretrained textured")
+    cfg = tt.TokenizerTrainConfig.from_dict(ckpt["train_config"])
+    assert cfg == tt.TokenizerTrainConfig.preset("pretrained_texture", steps=cfg.steps, init=cfg.init)
+    assert ckpt["step"] == cfg.steps and cfg.stage == 2 and cfg.loss.perceptual == "lite1"
+
+    trained = ("decoder.", "post_quant_layer.")  # what stage 2 trains; everything else is frozen
+    changed = [k for k, v in ckpt["state_dict"].items() if not torch.equal(v, stage1["state_dict"][k])]
+    assert changed and all(k.startswith(trained) for k in changed)
+
+    tok = pretrained.pretrained_tokenizer(device="cpu")  # the default is the textured decoder
+    old = pretrained.pretrained_tokenizer(device="cpu", decoder="stage1")
+    x = evaluation.heldout_images(32, 128, 8, seed=1)
+    assert torch.equal(tok.encode(x), old.encode(x))
+    assert not torch.equal(tok.decode(tok.encode(x)), old.decode(old.encode(x)))
+    measured = evaluation.evaluate_tokenizer(tok)
+    for key, tolerance in (("psnr_db", 0.05), ("ssim", 0.005), ("detail_ratio", 0.01), ("hf_energy_ratio", 0.01)):
+        assert abs(measured[key] - ckpt["heldout"][key]) < tolerance, key
+    assert measured["psnr_db"] >= 27.0 and measured["detail_ratio"] >= 0.6  # the shipped targets
+    with pytest.raises(ValueError, match="decoder must be one of"):
+        pretrained.pretrained_tokenizer(device="cpu", decoder="vgg")
 
 
 def _strings(value):
@@ -117,7 +150,7 @@ def _strings(value):
 def test_shipped_metadata_is_relative_and_uses_the_current_field_names():
     from minieq.train_generator import GeneratorTrainConfig
 
-    for path, cls in zip(SHIPPED, (tt.TokenizerTrainConfig, GeneratorTrainConfig)):
+    for path, cls in zip(SHIPPED, (tt.TokenizerTrainConfig, GeneratorTrainConfig, tt.TokenizerTrainConfig)):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         meta = {k: v for k, v in ckpt.items() if k != "state_dict"}
         absolute = [s for s in _strings(meta) if s.startswith("/") or " /" in s]
