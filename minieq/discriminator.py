@@ -4,7 +4,8 @@
 * :class:`DinoDiscriminator`: a frozen DINO ViT-S/16 reads the image; five small trainable 1D conv
   heads (one per tapped layer) turn its patch tokens into logits. The paper's Table 5 calls this
   the "stronger discriminator".
-* :class:`PatchGAN`: the pix2pix/taming NLayerDiscriminator, Table 5's baseline.
+* :class:`PatchGAN`: the pix2pix/taming NLayerDiscriminator, Table 5's baseline; its BatchNorm
+  (:class:`GlobalBatchNorm2d`) normalises over the global batch of all DDP ranks.
 * :func:`diff_augment`: translation + colour + cutout, applied to real and fake images alike.
 
 Shape legend: B batch, D backbone width, P patches (196 for a 224 input), L logits per image.
@@ -15,9 +16,11 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.distributed.nn.functional as dist_fn
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from minieq import dist
 from minieq.backbones import ViT, imagenet_normalize
 
 
@@ -164,6 +167,35 @@ class DinoDiscriminator(nn.Module):
 
 
 # ----- PatchGAN (Table 5 baseline; NLayerDiscriminator layout) ------------------------------------
+class GlobalBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d whose training statistics cover the global batch of every DDP rank.
+
+    Per-rank BatchNorm would make 2 ranks × 4 images train a different discriminator from one
+    process × 8. ``nn.SyncBatchNorm`` fixes that on GPUs only (it refuses CPU tensors); this
+    all-reduces through autograd on any backend (gloo too). One process or eval mode: plain
+    BatchNorm2d, with the same parameters and buffers (old checkpoints load unchanged).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.world_size() > 1):
+            return super().forward(x)
+        # Two passes (mean, then centred squares) as BatchNorm itself: no E[x²] − E[x]² cancellation.
+        local = torch.cat([x.sum(dim=(0, 2, 3)), x.new_full((1,), x.numel() / x.shape[1])])  # (C+1,)
+        total = dist_fn.all_reduce(local)
+        count = total[-1]
+        mean = total[:-1] / count  # (C,)
+        centred = x - mean.view(1, -1, 1, 1)
+        var = dist_fn.all_reduce(centred.pow(2).sum(dim=(0, 2, 3))) / count  # (C,) biased, as BN normalises
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(var.detach() * count / (count - 1), momentum)  # unbiased, as BN
+        out = centred / (var.view(1, -1, 1, 1) + self.eps).sqrt()
+        return out * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+
+
 class PatchGAN(nn.Module):
     """Conv 4×4 stride-2 stack with BatchNorm and LeakyReLU 0.2; one logit per image patch."""
 
@@ -174,7 +206,7 @@ class PatchGAN(nn.Module):
         for n in range(1, num_layers + 1):
             c_out = channels * min(2 ** n, 8)
             stride = 2 if n < num_layers else 1  # the last hidden conv keeps the resolution
-            layers += [nn.Conv2d(c, c_out, 4, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+            layers += [nn.Conv2d(c, c_out, 4, stride, 1, bias=False), GlobalBatchNorm2d(c_out),
                        nn.LeakyReLU(0.2)]
             c = c_out
         layers.append(nn.Conv2d(c, 1, 4, 1, 1))

@@ -277,14 +277,19 @@ class FlowHead(nn.Module):
         """Predicted velocity ε − x0 for x_t (M, C) at times t (M,) given conditions c (M, D)."""
         return self.net(x_t, t, c)
 
-    def loss(self, x0: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, x0: torch.Tensor, c: torch.Tensor, generator: torch.Generator | None = None,
+             draws: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """Rectified-flow loss per row: x0 (M, C), c (M, D) -> (M,) mean squared velocity error.
 
         t ~ U(0, 1) mapped to [1e-5, 1] (never exactly 0), one value per row; z_t = t·ε + (1 − t)·x0.
         Rows are returned separately so callers can average per position (paper Figs. 3/4).
+        ``draws`` = (u (M,), ε (M, C)) given instead of drawn (u is the U(0, 1) draw of t).
         """
-        t = torch.rand(x0.shape[0], device=x0.device, generator=generator) * (1 - 1e-5) + 1e-5  # (M,)
-        eps = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)  # (M, C)
+        if draws is None:
+            draws = (torch.rand(x0.shape[0], device=x0.device, generator=generator),  # (M,)
+                     torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator))
+        u, eps = draws
+        t = u * (1 - 1e-5) + 1e-5  # (M,)
         z_t = t[:, None] * eps + (1 - t[:, None]) * x0
         v = self.velocity(z_t, t, c)
         return F.mse_loss(v.float(), (eps - x0).float(), reduction="none").mean(dim=-1)

@@ -221,9 +221,12 @@ class Generator(nn.Module):
         rows = rows.reshape(B, N - K, K + 1, -1)  # (B, N-K, K+1, D)
         return torch.cat([rows[:, 0], rows[:, 1:, -1]], dim=1)  # (B, N, D)
 
-    def _draw_shift(self) -> int:
+    def _draw_shift(self, generator: torch.Generator | None = None) -> int:
         # Sec. 3.3 / Fig. 7: one random RoPE offset per batch in training, none in eval.
-        return int(torch.randint(self.config.shift_num, (1,))) if self.training else 0
+        if not self.training:
+            return 0
+        device = generator.device if generator is not None else "cpu"
+        return int(torch.randint(self.config.shift_num, (1,), generator=generator, device=device))
 
     def condition(self, tokens: torch.Tensor, labels: torch.Tensor | None, shift: int | None = None) -> torch.Tensor:
         """Transformer output (B, N, D) for tokens (B, N, C); row k conditions token k.
@@ -235,22 +238,40 @@ class Generator(nn.Module):
         shift = self._draw_shift() if shift is None else shift
         return self.condition_rows(tokens, self.class_vectors(labels, tokens.shape[0]), shift)
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None, per_position: bool = False) -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor | None, per_position: bool = False, *,
+             generator: torch.Generator | None = None, split: tuple[int, int] = (0, 1)) -> torch.Tensor:
         """Flow-matching loss of teacher-forced tokens (B, N, C)
         (docs/official_code.md#generator-training-forward).
 
         In training mode the labels are dropped with probability ``label_drop`` and positions are
         shifted. Each (token, condition) pair is repeated ``diffusion_batch_mul`` times with
         independent noise and time. Returns a scalar, or the (N,) per-position losses.
+
+        :param generator: draws the label drop, the shift and the flow noise and times
+            (default: the global RNG; dropout always uses the global RNG).
+        :param split: ``(rank, world)``: these tokens are rows ``rank::world`` of a global batch
+            of world·B. Every draw is made for the global batch and sliced, so DDP ranks together
+            draw what one process draws for the whole batch.
         """
         self._check_tokens(tokens, "tokens")
         B, N, C = tokens.shape
-        class_vec = self.class_vectors(labels, B, drop=self.training)
-        h = self.condition_rows(tokens, class_vec, self._draw_shift())  # (B, N, D)
+        rank, world = split
+        device = tokens.device
+        class_vec = self.class_vectors(labels, B)
+        if self.training and labels is not None:
+            u = torch.rand(world * B, device=device, generator=generator)[rank::world]  # (B,)
+            class_vec = torch.where((u >= self.config.label_drop)[:, None], class_vec,
+                                    self.fake_latent.expand(B, -1))
+        h = self.condition_rows(tokens, class_vec, self._draw_shift(generator))  # (B, N, D)
         mul = self.config.diffusion_batch_mul
         x0 = tokens.detach().reshape(B * N, C).repeat(mul, 1)  # (mul·B·N, C)
         c = h.reshape(B * N, -1).repeat(mul, 1)  # (mul·B·N, D)
-        rows = self.head.loss(x0, c).reshape(mul, B, N)  # (mul·B·N,) -> (mul, B, N)
+        # Rows are ordered (mul, B, N); the global draws (mul, world·B, N[, C]) keep this rank's B.
+        u = torch.rand(mul, world * B, N, device=device, generator=generator)[:, rank::world]
+        eps = torch.randn(mul, world * B, N, C, device=device, dtype=x0.dtype,
+                          generator=generator)[:, rank::world]
+        rows = self.head.loss(x0, c, draws=(u.reshape(-1), eps.reshape(-1, C)))  # (mul·B·N,)
+        rows = rows.reshape(mul, B, N)
         return rows.mean(dim=(0, 1)) if per_position else rows.mean()
 
     def _check_tokens(self, tokens: torch.Tensor, name: str) -> None:

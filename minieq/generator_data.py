@@ -9,15 +9,13 @@ randomness a pure function of (seed, step, rank).
 """
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from minieq import dist
 from minieq.checkpoint import load_checkpoint
 from minieq.data import LatentDataset, build_dataset
 from minieq.tokenizer import sigma_vae_sample
-from minieq.training import batches_from
+from minieq.training import batches_from, step_seed
 
 # The paper's training length (Table 8: 256 px / 16 px columns), used by the trainers when
 # encoding images on the fly. A generator checkpoint stores its own (``train_tokens``); files
@@ -61,12 +59,6 @@ def compute_latent_scale(latents_or_dataset, noise_std: float = 2.5, max_samples
     if not std > 0:  # also catches NaN
         raise ValueError(f"latents have standard deviation {std}; cannot normalise them")
     return 1.0 / std
-
-
-def step_seed(*parts) -> int:
-    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible."""
-    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
 
 
 class TrainingData:

@@ -12,8 +12,8 @@
 * KL: the σ-VAE "KL" is 0.5·Σ mean², an L2 penalty on the posterior mean
   (docs/official_code.md#sigma-vae-posterior), batch-averaged.
 * g_loss = −mean D(aug(x̂)); its adaptive weight ‖∇nll‖ / (‖∇g‖ + 1e-4) on the decoder's last
-  layer, clamped to [0, 1e4], × disc_weight. Computed only once the discriminator has started
-  (the official code pays for it on every step, docs/official_code.md#tokenizer-quirks).
+  layer (of the global batch under DDP), clamped to [0, 1e4], × disc_weight. Computed only
+  once the discriminator has started (the official code pays for it on every step, docs/official_code.md#tokenizer-quirks).
 * semantic: Σ (pred − DINOv2 patch features)² / B against a frozen DINOv2 ViT-B/14
   (docs/official_code.md#semantic-head). The teacher runs only while its weight is on.
 
@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minieq import dist
 from minieq.backbones import VGG16_FILE, VIT_SPECS, build_lpips, imagenet_normalize, load_vit, missing_message
 from minieq.config import ConfigBase
 from minieq.discriminator import DinoDiscriminator, PatchGAN, diff_augment
@@ -199,8 +200,10 @@ class TokenizerLoss(nn.Module):
             with _no_param_grads(self.discriminator):
                 g_loss = -self.discriminator(self._augment(recon)).mean()
             if torch.is_grad_enabled() and last_layer is not None and last_layer.requires_grad:
-                nll_grad = torch.autograd.grad(nll, last_layer, retain_graph=True)[0]
-                g_grad = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+                # Under DDP each rank holds the gradient of its share of the batch; their mean is
+                # the global batch's gradient, so the weight equals one process's at the same batch.
+                nll_grad = dist.all_reduce_mean(torch.autograd.grad(nll, last_layer, retain_graph=True)[0])
+                g_grad = dist.all_reduce_mean(torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0])
                 d_weight = (nll_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
                 d_weight = d_weight * cfg.disc_weight
             loss = loss + d_weight * g_loss

@@ -106,7 +106,7 @@ class Pipeline:
             images = self.tokenizer.decode_long(latents)
         else:
             images = self.tokenizer.decode(latents)
-        return images.clamp(-1, 1)
+        return images.float().clamp(-1, 1)  # float32 under bf16 autocast too, as the API promises
 
     @torch.no_grad()
     def sample_tokens(self, labels, num_tokens: int, *, cfg: float = 1.0, cfg_schedule: str = "linear",

@@ -22,10 +22,11 @@ Rerunning a command resumes exactly from ``<out>/generator.pt`` when it exists; 
 starts over at step 0 instead, ``--resume FILE`` continues from another checkpoint. The first
 line printed says which.
 
-Randomness is a pure function of (seed, step, rank), like the LR schedule: σ-VAE noise is drawn
-for the *global* batch and sliced by rank, so it does not depend on how the batch is split over
-GPUs; the generator's own draws (flow noise, label drop, RoPE shift) come from a global RNG
-reseeded every step.
+Randomness is a pure function of (seed, step, rank), like the LR schedule: the σ-VAE noise, the
+label drop, the RoPE shift and the flow noise and times are drawn for the *global* batch and
+sliced by rank, so they do not depend on how the batch is split over GPUs (with ``--dropout 0``
+a torchrun run equals one process at the same global batch up to float summation order);
+dropout comes from a global RNG reseeded every step per rank.
 """
 from __future__ import annotations
 
@@ -84,6 +85,7 @@ class GeneratorTrainConfig(ConfigBase):
     grad_clip: float = 3.0
     ema_decay: float = 0.9999
     label_drop: float = 0.1               # for classifier-free guidance
+    dropout: float | None = None          # attention + projection dropout (default: the model's, 0.1)
     diffusion_batch_mul: int = 4          # flow-loss rows per token (official: 4)
     grad_checkpointing: bool = False
     # σ-VAE noise bound (docs/official_code.md#sigma-vae-posterior); default: the tokenizer's (2.5).
@@ -124,6 +126,8 @@ class GeneratorTrainConfig(ConfigBase):
         "grad_clip": "gradient-norm clip",
         "ema_decay": "EMA decay of the weights that sampling uses",
         "label_drop": "class-label dropout for classifier-free guidance",
+        "dropout": "attention and projection dropout of the transformer (default: the model "
+                   "preset's, 0.1)",
         "diffusion_batch_mul": "flow-loss draws per token and step",
         "grad_checkpointing": "recompute activations in the backward pass (less memory)",
         "noise_std": "sigma-VAE noise bound (default: the tokenizer's, 2.5)",
@@ -195,8 +199,9 @@ class _LossModule(nn.Module):
         super().__init__()
         self.generator = generator
 
-    def forward(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.generator.loss(tokens, labels, per_position=True)  # (N,)
+    def forward(self, tokens: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                split: tuple[int, int]) -> torch.Tensor:
+        return self.generator.loss(tokens, labels, per_position=True, generator=generator, split=split)  # (N,)
 
 
 def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
@@ -213,10 +218,11 @@ def lr_at(cfg: GeneratorTrainConfig, step: int, steps_per_epoch: int, total_step
 
 def build_generator(cfg: GeneratorTrainConfig, num_classes: int, token_dim: int) -> Generator:
     """The generator for this run: the model preset plus the training-time switches."""
-    return Generator(GeneratorConfig.preset(
-        cfg.model, num_classes=num_classes, token_dim=token_dim, label_drop=cfg.label_drop,
-        diffusion_batch_mul=cfg.diffusion_batch_mul, grad_checkpointing=cfg.grad_checkpointing,
-        **cfg.model_overrides))
+    dropout = {} if cfg.dropout is None else dict(attn_dropout=cfg.dropout, proj_dropout=cfg.dropout)
+    return Generator(GeneratorConfig.preset(cfg.model, **{
+        "num_classes": num_classes, "token_dim": token_dim, "label_drop": cfg.label_drop,
+        "diffusion_batch_mul": cfg.diffusion_batch_mul, "grad_checkpointing": cfg.grad_checkpointing,
+        **dropout, **cfg.model_overrides}))
 
 
 def save_samples(generator: Generator, ema: EMA, tokenizer, latent_scale: float, num_tokens: int,
@@ -293,11 +299,14 @@ def train(cfg: GeneratorTrainConfig, out: str | Path, *, resume: str | None = No
         lr = lr_at(cfg, step, steps_per_epoch, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        torch.manual_seed(step_seed(cfg.seed, step, rank))  # flow noise, label drop, RoPE shift
+        torch.manual_seed(step_seed(cfg.seed, step, rank))  # dropout
+        # Label drop, RoPE shift, flow noise and times: drawn for the global batch, then sliced.
+        draws = torch.Generator(device=device).manual_seed(step_seed(cfg.seed, "loss", step))
         means, labels = data.means(batch)
         tokens = (means + global_sigma_noise(means, cfg.seed, step, data.noise_std)) * latent_scale
         with autocast(device, enabled=cfg.bf16):
-            per_position = model(tokens, labels).float()  # (N,) Fig. 3/4: one loss per subtask
+            # (N,) Fig. 3/4: one loss per subtask
+            per_position = model(tokens, labels, draws, (rank, world)).float()
         loss = masked_position_mean(per_position, cfg.loss_positions)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -19,8 +19,12 @@ One loop step = one autoencoder update, then one discriminator update on the sam
 reconstruction (the official Lightning loop runs the whole forward twice,
 docs/official_code.md#tokenizer-optimisation). A resume is bit-exact (optimizers, EMA,
 discriminator, data position and RNG are all in the checkpoint; the LR is a pure function of the
-step). With ``num_workers > 0`` the workers' augmentation seeds after a resume differ from a
-straight run.
+step; every step reseeds the RNG from (seed, step, rank)). With ``num_workers > 0`` the
+workers' augmentation seeds after a resume differ from a straight run (SynthScapes has none).
+
+Under torchrun the result equals one process at the same global batch up to float summation
+order: the batch is sharded, the PatchGAN's BatchNorm and the adaptive GAN weight see the global
+batch. Only the σ-VAE draws and DiffAug are drawn per rank (statistically the same).
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from minieq.logger import progress as progress_bar
 from minieq.losses import TokenizerLoss, TokenizerLossConfig
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 from minieq.training import (TrainState, announce_start, batches_from, check_finite, is_due,
-                             metrics_log, resume_source, warmup_step_decay)
+                             metrics_log, resume_source, step_seed, warmup_step_decay)
 from minieq.utils import autocast, pick_device, seed_everything
 
 
@@ -258,7 +262,7 @@ def train(cfg: TokenizerTrainConfig, out: str | Path, *, resume: str | None = No
     out = Path(out)
     ckpt_path = out / "checkpoint.pt"
     resume = resume_source(ckpt_path, resume, fresh)
-    seed_everything(cfg.seed + dist.rank())
+    seed_everything(cfg.seed)  # one initialisation on every rank (DDP keeps rank 0's; the EMA copies it)
 
     config_dict, init = _source_config(cfg, resume)
     if config_dict is None:
@@ -307,6 +311,7 @@ def train(cfg: TokenizerTrainConfig, out: str | Path, *, resume: str | None = No
     while state.step < cfg.steps:
         step, (x, _) = next(batches)
         x = x.to(device, non_blocking=True)
+        torch.manual_seed(step_seed(cfg.seed, step, dist.rank()))  # σ-VAE draws, DiffAug: per rank
         # Both optimizers follow the warmup + step-decay schedule (Table 6). The official
         # discriminator LR is constant; with disc_start ≥ warmup they agree until the first decay.
         lr = cfg.lr * warmup_step_decay(step, cfg.warmup, cfg.lr_decay_every, cfg.lr_decay)

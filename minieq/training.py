@@ -6,6 +6,7 @@
   EMA, step and every RNG state (the LR schedules below have no state).
 - :func:`resume_source` is the rerun rule of both trainers: continue from ``--resume``, else
   from the run folder's own checkpoint; start at step 0 only without one or with ``fresh``.
+- :func:`step_seed` makes every step's randomness a pure function of (seed, step, ...).
 - :func:`check_finite` stops a run on a NaN/inf loss with a clear message.
 - :func:`metrics_log` and :func:`is_due` are the one convention of both trainers' logs and saves:
   a row or checkpoint is labelled by the number of steps done.
@@ -15,6 +16,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from typing import Any, Iterator
@@ -28,6 +30,13 @@ from minieq.checkpoint import CheckpointError, load_state_strict, read_checkpoin
 from minieq.ema import EMA
 from minieq.logger import JsonlLogger
 from minieq.utils import get_rng_state, set_rng_state
+
+
+def step_seed(*parts) -> int:
+    """A 63-bit seed from e.g. (seed, step, rank): every step's randomness is reproducible, and a
+    run resumed on any rank draws what the straight run drew there (no RNG state to restore)."""
+    digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
 
 
 class NonFiniteLossError(RuntimeError):

@@ -41,11 +41,19 @@ def _checked_device(name: str | torch.device) -> torch.device:
     return device
 
 
+# Test switch: "1" makes autocast() run bf16 autocast on the CPU too, so the GPU-only bf16 paths
+# (both trainers, sampling) execute in CPU-only CI and their dtype mismatches surface there.
+CPU_BF16_ENV = "MINIEQ_CPU_BF16"
+
+
 def autocast(device: torch.device | str, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast only slows small models down)."""
+    """bf16 autocast on CUDA; a no-op elsewhere (CPU autocast only slows small models down),
+    unless the environment sets ``MINIEQ_CPU_BF16=1`` (tests: CPU bf16 autocast)."""
     device = torch.device(device)
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
+    if enabled and device.type == "cpu" and os.environ.get(CPU_BF16_ENV) == "1":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -77,7 +85,9 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # A run resumed on a machine with fewer (or more) GPUs restores the devices both have.
+        for index, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, index)
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
