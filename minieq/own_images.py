@@ -55,22 +55,22 @@ def scan(folder: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
     images, or the folder itself as the only class."""
     folder = Path(folder)
     loose = sorted(p for p in folder.iterdir() if _is_image(p))
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
-                        and p.name not in SPLITS and _images_under(p))
-    if not class_dirs:
-        files = _images_under(folder)
-        if not files:
+    # One walk per sub-folder: {class folder: its images}, folders without images left out.
+    found = {p: _images_under(p) for p in sorted(folder.iterdir())
+             if p.is_dir() and not p.name.startswith(".") and p.name not in SPLITS}
+    found = {d: images for d, images in found.items() if images}
+    if not found:
+        if not loose:
             raise ValueError(f"{folder}: no image files ({' '.join(IMAGE_EXTENSIONS)}) in it or its sub-folders")
-        return [str(p.relative_to(folder)) for p in files], [0] * len(files), [folder.resolve().name]
+        return [p.name for p in loose], [0] * len(loose), [folder.resolve().name]
     if loose:  # a label for them would be a guess
         raise ValueError(f"{folder}: has class sub-folders and also {len(loose)} image(s) beside them "
                          f"(first: {loose[0].name}); move those into a class folder")
     files, labels = [], []
-    for label, class_dir in enumerate(class_dirs):
-        found = _images_under(class_dir)
-        files += [str(p.relative_to(folder)) for p in found]
-        labels += [label] * len(found)
-    return files, labels, [d.name for d in class_dirs]
+    for label, images in enumerate(found.values()):
+        files += [str(p.relative_to(folder)) for p in images]
+        labels += [label] * len(images)
+    return files, labels, [d.name for d in found]
 
 
 def check_sizes(folder: str | os.PathLike, files: list[str], height: int) -> int:

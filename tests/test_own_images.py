@@ -153,3 +153,33 @@ def test_sample_with_no_paths_uses_the_course_models(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         sample.main(["--generator", str(out), "--device", "cpu"])
     assert exit_.value.code == 2 and "give --tokenizer with --generator" in capsys.readouterr().err
+
+
+def test_the_experiments_take_a_folder_as_their_reference(tmp_path):
+    from argparse import Namespace
+
+    from minieq.experiments.long_fidelity import reference_dataset
+
+    root = make_folder(tmp_path / "imgs", per_class=2)
+    ref = reference_dataset(Namespace(data="folder", data_path=str(root), seed=0), 32, 128, 0)
+    assert len(ref) == 4 and ref[0][0].shape == (3, 32, 128)  # strips of the training width, centre crops
+    assert torch.equal(ref[0][0], ref[0][0])  # each read crops again: equal only without random crops
+    with pytest.raises(ValueError, match="gives square images"):
+        reference_dataset(Namespace(data="imagenet", data_path=str(root), seed=0), 32, 128, 0)
+
+
+def test_sample_pairs_the_course_tokenizer_with_a_generator_trained_on_its_latents(tmp_path):
+    from minieq import pretrained
+    from minieq.checkpoint import save_checkpoint
+    from minieq.generator import Generator, GeneratorConfig
+
+    course_tok = pretrained.pretrained_tokenizer("cpu")
+    gen = Generator(GeneratorConfig.preset("tiny", token_dim=course_tok.config.embed_dim, num_classes=3,
+                                           embed_dim=16, depth=1, num_heads=2, head_width=16, head_depth=1,
+                                           num_sampling_steps=1))
+    save_checkpoint(tmp_path / "gen.pt", gen, latent_scale=0.5, class_names=["x", "y", "z"])
+    pipe = sample.load_pipeline("pretrained", str(tmp_path / "gen.pt"), torch.device("cpu"))
+    assert pipe.class_ids(["z", "x"]) == [2, 0] and pipe.latent_scale == 0.5
+    assert pipe.tokenizer.config == course_tok.config
+    with pytest.raises(ValueError, match="give --generator too"):
+        sample.load_pipeline(str(tmp_path / "tok.pt"), None, torch.device("cpu"))

@@ -186,3 +186,18 @@ def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
             e.text for e in browser.find_elements(By.CSS_SELECTOR, ".widget-label")], 10, "the status line")
     finally:
         browser.quit()
+
+
+@pytest.mark.parametrize("uid, flag", [("0", True), ("1000", False)])
+def test_make_lab_adds_allow_root_only_as_root(tmp_path, uid, flag):
+    """JupyterLab refuses to start as root without --allow-root (most GPU containers run as root)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    fake_id = tmp_path / "id"  # what `id -u` answers inside the Makefile
+    fake_id.write_text(f"#!/bin/sh\necho {uid}\n")
+    fake_id.chmod(0o755)
+    env = {**os.environ, "PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"}
+    dry = subprocess.run(["make", "-n", "lab"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    lab_line = [line for line in dry.stdout.splitlines() if "jupyter lab notebooks" in line]
+    assert len(lab_line) == 1 and lab_line[0].rstrip().endswith("--allow-root") == flag
