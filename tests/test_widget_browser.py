@@ -116,7 +116,9 @@ def server_up(url: str) -> bool:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on a free port serving tmp_path: yields (base URL, token)."""
+    """A JupyterLab server on a free port serving tmp_path: yields (base URL, token, chromium,
+    chromedriver); skips before starting anything when the browser tools are missing."""
+    chromium, driver_path = browser_tools()
     port, token = free_port(), "minieq-browser-test"
     write_notebook(tmp_path / "strip.ipynb")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -136,7 +138,7 @@ def lab(tmp_path):
         wait_for(lambda: server.poll() is not None or server_up(f"{base}/api/status?token={token}"), 40,
                  "JupyterLab to start")
         assert server.poll() is None, (tmp_path / "lab.log").read_text()[-2000:]
-        yield base, token
+        yield base, token, chromium, driver_path
     finally:
         server.terminate()
         try:
@@ -147,7 +149,7 @@ def lab(tmp_path):
 
 
 def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
-    chromium, driver_path = browser_tools()
+    base, token, chromium, driver_path = lab
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.action_chains import ActionChains
@@ -158,7 +160,6 @@ def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
     options.binary_location = chromium
     for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium'}"]:
         options.add_argument(flag)
-    base, token = lab
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
         browser.get(f"{base}/lab/tree/strip.ipynb?token={token}")
