@@ -89,7 +89,10 @@ class Pipeline:
         return token_columns(width, self.column_width) * self.rows
 
     def _labels(self, labels) -> torch.Tensor:
-        labels = torch.as_tensor(labels, dtype=torch.long, device=self.device).reshape(-1)  # (B,)
+        labels = torch.as_tensor(labels, device=self.device).reshape(-1)  # (B,)
+        if labels.is_floating_point() or labels.dtype == torch.bool:  # 3.5 must not become class 3
+            raise ValueError(f"labels must be integer class ids (e.g. [3, 5]), got dtype {labels.dtype}")
+        labels = labels.long()
         num_classes = self.generator.config.num_classes
         if labels.numel() == 0 or labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}")

@@ -236,11 +236,9 @@ def train(cfg: GeneratorTrainConfig, out: str | Path, *, resume: str | None = No
           progress: bool = True) -> Path:
     """Train (or resume) a generator; returns the checkpoint path ``out/generator.pt``.
 
-    Continues from ``resume`` if given, else from ``out/generator.pt`` if it exists
-    (:func:`minieq.training.resume_source`); ``fresh=True`` starts at step 0 regardless.
-    ``device`` overrides the automatic choice (CUDA → MPS → CPU; one GPU per rank under
-    torchrun); ``progress=False`` hides the progress bar. The same signature as
-    :func:`minieq.train_tokenizer.train`.
+    The rerun rule, ``device`` and ``progress`` work exactly as in
+    :func:`minieq.train_tokenizer.train` (one signature for both trainers), with
+    ``out/generator.pt`` as the resume point.
     """
     auto_device = dist.init_distributed()  # joins the process group under torchrun
     device = pick_device(device) if device is not None else auto_device

@@ -26,6 +26,7 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
     save_checkpoint(tmp_path / "tok.pt", tok.half(), step=7, train_config={}, heldout={})
     save_checkpoint(tmp_path / "gen.pt", gen.half(), step=5, latent_scale=0.5, train_config={})
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "tok.pt")
+    monkeypatch.setattr(pretrained, "TEXTURED_FILE", tmp_path / "tok.pt")
     monkeypatch.setattr(pretrained, "GENERATOR_FILE", tmp_path / "gen.pt")
     scratch_tok, scratch_gen = _micro_models(1)
     monkeypatch.setattr(demo, "scratch_tokenizer", lambda *a, **k: scratch_tok)
@@ -53,6 +54,7 @@ def test_demo_shows_pretrained_and_scratch_models_labelled(tmp_path, monkeypatch
 
 def test_demo_without_pretrained_models_shows_the_scratch_ones(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(pretrained, "TOKENIZER_FILE", tmp_path / "absent.pt")
+    monkeypatch.setattr(pretrained, "TEXTURED_FILE", tmp_path / "absent.pt")
     scratch_tok, scratch_gen = _micro_models(1)
     monkeypatch.setattr(demo, "scratch_tokenizer", lambda *a, **k: scratch_tok)
     monkeypatch.setattr(demo, "scratch_latents", lambda *a, **k: tmp_path / "latents.pt")

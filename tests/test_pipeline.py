@@ -101,6 +101,8 @@ def test_bad_width_is_a_clear_error(pipe, width):
 def test_bad_labels_are_a_clear_error(pipe):
     with pytest.raises(ValueError, match=r"\[0, 8\)"):
         pipe.generate([8], width=16)
+    with pytest.raises(ValueError, match="integer class ids"):  # not silently class 3
+        pipe.generate([3.5], width=16)
 
 
 def test_regenerate_keeps_the_chosen_tokens(pipe):

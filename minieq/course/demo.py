@@ -235,7 +235,8 @@ def main(argv=None) -> dict:
     labels, tokenizers, pipes = {}, {}, {}
     if pretrained is not None:
         steps = read_checkpoint(shipped.TOKENIZER_FILE)["step"]
-        labels["pretrained"] = f"pretrained course model (shipped; tokenizer trained {steps} steps, hours on a CPU)"
+        labels["pretrained"] = (f"pretrained course model (shipped; tokenizer trained {steps} steps, hours on a "
+                                "CPU; textured decoder: + adversarial + perceptual fine-tuning)")
         tokenizers["pretrained"] = pretrained[0]
         pipes["pretrained"] = Pipeline(*pretrained)
     labels["scratch"] = "from scratch here (FAST: a few CPU minutes)" if fast else "from scratch here (full mode)"

@@ -26,6 +26,7 @@ Legend: B images, N tokens, H/W height/width in pixels.
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -39,13 +40,12 @@ from minieq.evaluation import PCACodec, heldout_images
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.metrics import frechet_distance, image_features, psnr, ssim
 from minieq.pipeline import Pipeline
-from minieq.pretrained import pretrained_generator
+from minieq.pretrained import TOKENIZER_FILE, pretrained_generator
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.texture import radial_power_spectrum, texture_report
 from minieq.train_tokenizer import TokenizerTrainConfig, train
 from minieq.utils import pick_device
 
-STAGE1 = "minieq/weights/course_tokenizer.pt"
 # row -> (label, loss overrides of the "pretrained_texture" preset; None: the stage-1 file itself)
 ROWS = {
     "stage1": ("stage 1 (shipped, L1 + KL)", None),
@@ -62,10 +62,12 @@ PAPER_TABLE5_RFID = {"baseline": 1.11, "+ DINO discriminator": 0.62, "+ decoder 
 
 def train_row(name: str, runs: Path, steps: int | None, device: torch.device) -> torch.nn.Module:
     """The row's tokenizer (EMA weights, eval mode): trained, resumed or read from its run."""
-    label, loss = ROWS[name]
+    _, loss = ROWS[name]
     if loss is None:
-        return load_checkpoint(STAGE1).float().eval()
-    cfg = TokenizerTrainConfig.preset("pretrained_texture", init=STAGE1, **({"steps": steps} if steps else {}))
+        return load_checkpoint(TOKENIZER_FILE).float().eval()
+    # A relative path: the recipe is stored in the run's checkpoint.
+    cfg = TokenizerTrainConfig.preset("pretrained_texture", init=os.path.relpath(TOKENIZER_FILE),
+                                      **({"steps": steps} if steps else {}))
     cfg.loss = cfg.loss.replace(**loss)
     path = train(cfg, runs / name, device=device, progress=False)
     return load_checkpoint(path).float().eval()
@@ -149,6 +151,7 @@ def run(out: Path, runs: Path, steps: int | None = None, num_images: int = 512, 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = experiment_parser("tokenizer_ablation", __doc__.split("\n\n")[0])
+    parser.set_defaults(out=Path("docs/results"))  # committed: the README and notebook 02 read it
     parser.add_argument("--runs", type=Path, default=Path("runs/tokenizer_ablation"),
                         help="training runs of the rows (resumed when present)")
     parser.add_argument("--steps", type=int, default=None, help="fine-tuning steps per row (default: the preset's)")
