@@ -173,6 +173,69 @@ def frames_strip(frames: Sequence[torch.Tensor], padding: int = 2) -> np.ndarray
     return image_grid(list(frames), nrow=1, padding=padding)
 
 
+def token_by_token_figure(frames: dict[str, Sequence[torch.Tensor]], every: int = 2,
+                          scale: float = 3.0, dpi: int = 100, fontsize: float = 10.0):
+    """Paper Fig. 2/8 for one or more tokenizers, side by side, sized to its content.
+
+    One column per tokenizer with its label above it (wrapped to the column's width, never cut),
+    one row per frame k = 0, every, 2·every, …, N (frame k decodes the image's first k tokens and
+    N − k random ones; :func:`token_by_token_frames`), labelled on the left. A red line marks
+    where the true tokens end. The figure is exactly as large as its panels, labels and a few
+    pixels of padding: no empty margins.
+
+    :param frames: label → the N + 1 frames of one tokenizer, each (3, H, W); the columns may
+        differ in size (each is scaled to the height of the smallest).
+    :param every: show every ``every``-th frame (the last one, all true tokens, always).
+    :param scale: screen pixels per image pixel for the smallest frames.
+    :return: a matplotlib Figure, not registered with pyplot: ``fig.savefig(path)``, or
+        ``display(fig)`` in a notebook.
+    """
+    import textwrap
+
+    from matplotlib.figure import Figure
+
+    if not frames:
+        raise ValueError("token_by_token_figure needs at least one label → frames entry")
+    counts = {len(f) for f in frames.values()}
+    if len(counts) != 1 or counts.pop() < 2:
+        raise ValueError("every tokenizer needs the same number (≥ 2) of frames, one per k = 0..N")
+    n = len(next(iter(frames.values()))) - 1  # tokens per image
+    rows = list(range(0, n + 1, every)) + ([n] if n % every else [])
+    heights = {label: f[0].shape[-2] for label, f in frames.items()}
+    frame_h = min(heights.values()) * scale  # display height of every frame, in pixels
+    widths = {label: f[0].shape[-1] * frame_h / heights[label] for label, f in frames.items()}
+    pad, gap_x, gap_y, line_h = 8, 16, 5, fontsize * 1.45
+    char_w = fontsize * 0.62  # a generous average glyph width: wrapped lines always fit
+    titles = {label: textwrap.wrap(label, max(8, int(widths[label] / char_w))) for label in frames}
+    title_h = max(len(t) for t in titles.values()) * line_h + 6
+    label_w = fontsize * 0.62 * len(f"k = {n} of {n}") + 10
+    fig_w = pad + label_w + sum(widths.values()) + gap_x * (len(frames) - 1) + pad
+    fig_h = pad + title_h + len(rows) * frame_h + (len(rows) - 1) * gap_y + pad
+    fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
+
+    def place(left, top, width, height):  # pixel box (from the top left) → figure fractions
+        return [left / fig_w, 1 - (top + height) / fig_h, width / fig_w, height / fig_h]
+
+    left = pad + label_w
+    for label, column in frames.items():
+        fig.text((left + widths[label] / 2) / fig_w, 1 - pad / fig_h, "\n".join(titles[label]),
+                 ha="center", va="top", fontsize=fontsize, linespacing=1.2)
+        column_width = column[0].shape[-1] / n  # pixels per token
+        for r, k in enumerate(rows):
+            top = pad + title_h + r * (frame_h + gap_y)
+            ax = fig.add_axes(place(left, top, widths[label], frame_h))
+            ax.imshow(to_uint8(column[k]), interpolation="nearest", aspect="auto")
+            if 0 < k < n:  # the border between the true tokens (left) and the random ones
+                ax.axvline(k * column_width - 0.5, color="red", lw=1.2)
+            ax.set_axis_off()
+        left += widths[label] + gap_x
+    for r, k in enumerate(rows):
+        top = pad + title_h + r * (frame_h + gap_y) + frame_h / 2
+        fig.text((pad + label_w - 8) / fig_w, 1 - top / fig_h, f"k = {k} of {n}", ha="right",
+                 va="center", fontsize=fontsize * 0.9)
+    return fig
+
+
 def save_gif(frames: Sequence[torch.Tensor], path: str | Path, fps: float = 6,
              hold_last: float = 1.0) -> Path:
     """Write frames as a looping GIF at ``fps``; the last frame stays on screen ``hold_last``

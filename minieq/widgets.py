@@ -24,6 +24,10 @@ def png_bytes(picture: np.ndarray, zoom: int = 3) -> bytes:
     return buffer.getvalue()
 
 
+LABEL_WIDTH = "100px"  # fits "columns/click", the longest description
+CONTROL_WIDTH = "360px"
+
+
 class StripWidget:
     """Controls + picture for a :class:`StripEditor`; ``display(widget.box)`` shows it.
 
@@ -35,14 +39,19 @@ class StripWidget:
         import ipywidgets as w  # a notebook-only dependency (minieq[dev]): the editor works without it
 
         self.editor, self.zoom = editor, zoom
+        # ipywidgets gives a description about 80 px and cuts longer ones ("temperat…"): every
+        # control gets room for its longest label, and a width that leaves the slider usable.
+        named = dict(style={"description_width": LABEL_WIDTH}, layout=w.Layout(width=CONTROL_WIDTH))
         self.label = w.Dropdown(options=[(name, i) for i, name in enumerate(class_names)],
-                                value=editor.label, description="class")
-        self.cfg = w.FloatSlider(value=editor.cfg, min=1.0, max=8.0, step=0.5, description="cfg")
+                                value=editor.label, description="class", **named)
+        self.cfg = w.FloatSlider(value=editor.cfg, min=1.0, max=8.0, step=0.5, description="cfg", **named)
         self.temperature = w.FloatSlider(value=editor.temperature, min=0.5, max=1.5, step=0.05,
-                                         description="temperature")
-        self.length = w.IntSlider(value=editor.num_tokens, min=2, max=max_tokens, description="tokens")
-        self.step = w.IntSlider(value=4, min=1, max=32, description="columns/click")
-        self.span = w.IntRangeSlider(value=(0, 1), min=0, max=editor.num_tokens, description="drop span")
+                                         description="temperature", **named)
+        self.length = w.IntSlider(value=editor.num_tokens, min=2, max=max_tokens, description="tokens",
+                                  **named)
+        self.step = w.IntSlider(value=4, min=1, max=32, description="columns/click", **named)
+        self.span = w.IntRangeSlider(value=(0, 1), min=0, max=editor.num_tokens, description="drop span",
+                                     **named)
         buttons = {"new strip": self.on_new, "next columns": self.on_next, "to the end": self.on_finish,
                    "drop span": self.on_drop, "regenerate": self.on_regenerate}
         self.buttons = {}

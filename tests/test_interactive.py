@@ -113,3 +113,16 @@ def test_widget_builds_headless_and_its_callbacks_drive_the_editor(pipe):
     picture = Image.open(io.BytesIO(widget.picture.value))
     assert picture.size == (2 * 12 * pipe.column_width, 2 * (3 + 32))
     assert png_bytes(np.zeros((2, 3, 3), np.uint8), zoom=1)[:4] == b"\x89PNG"
+
+
+def test_widget_labels_are_not_cut(pipe):
+    """Every described control gets a description width that fits its label (no "temperat…")."""
+    pytest.importorskip("ipywidgets")
+    from minieq.widgets import LABEL_WIDTH, StripWidget
+
+    widget = StripWidget(StripEditor(pipe, num_tokens=8), [f"class {i}" for i in range(8)])
+    controls = [widget.label, widget.cfg, widget.temperature, widget.length, widget.step, widget.span]
+    room = int(LABEL_WIDTH.removesuffix("px"))
+    for control in controls:
+        assert control.style.description_width == LABEL_WIDTH
+        assert 7 * len(control.description) <= room, f"{control.description!r} needs more than {room} px"

@@ -97,6 +97,34 @@ def test_default_noise_matches_latent_scale(tiny_tokenizer):
     torch.testing.assert_close(torch.stack(a), torch.stack(b))  # reproducible via generator
 
 
+def test_token_by_token_figure_keeps_titles_whole_and_has_no_empty_margins(tmp_path):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    long_label = "pretrained course model (shipped; tokenizer trained 16000 steps, hours on a CPU)"
+    frames = {long_label: [torch.rand(3, 8, 32) * 2 - 1 for _ in range(17)],  # 16 tokens of 2 px
+              "short": [torch.rand(3, 16, 64) * 2 - 1 for _ in range(17)]}  # a bigger tokenizer
+    fig = viz.token_by_token_figure(frames, every=2, scale=3.0, dpi=100)
+    FigureCanvasAgg(fig)
+    renderer = fig.canvas.get_renderer()
+    width, height = fig.get_size_inches() * fig.dpi
+    images = [ax for ax in fig.axes if ax.images]
+    assert len(images) == 2 * 9  # k = 0, 2, ..., 16 for each tokenizer
+    # Every frame is shown at the same height (scale × the smallest frame height), side by side.
+    boxes = [ax.get_window_extent(renderer) for ax in images]
+    assert {round(b.height) for b in boxes} == {24}
+    # Every text (the wrapped titles, the k labels) lies inside the figure: nothing is cut.
+    for text in fig.texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text.get_text()
+    assert any("\n" in t.get_text() for t in fig.texts)  # the long title was wrapped
+    # No dead space: the panels and labels span the figure up to a small padding.
+    assert min(b.x0 for b in boxes) < 110 and max(b.x1 for b in boxes) > width - 10  # 110: the k labels
+    assert min(b.y0 for b in boxes) < 10
+    fig.savefig(tmp_path / "tbt.png")
+    with pytest.raises(ValueError, match="same number"):
+        viz.token_by_token_figure({"a": frames["short"], "b": frames["short"][:5]})
+
+
 def test_gif_and_strip(tmp_path):
     from PIL import Image
 

@@ -43,8 +43,8 @@ from minieq.metrics import baseline_reconstructions, frechet_distance, image_fea
 from minieq.pipeline import Pipeline
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.utils import pick_device, seed_everything
-from minieq.viz import (frames_strip, labelled_stack, panorama, reconstruction_grid, regeneration_picture,
-                        save_gif, save_image_grid, token_by_token_frames)
+from minieq.viz import (labelled_stack, panorama, reconstruction_grid, regeneration_picture,
+                        save_gif, save_image_grid, token_by_token_figure, token_by_token_frames)
 
 
 def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dict[str, Path]:
@@ -60,28 +60,49 @@ def run_data_demo(out_dir: str | Path, per_class: int = 4, seed: int = 0) -> dic
     return paths
 
 
-@torch.no_grad()
-def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0, tag: str = "",
-                       pca=None) -> dict:
-    """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure.
-
-    Files are named ``reconstructions{tag}.png`` and ``token_by_token{tag}.png/.gif``;
-    ``pca`` (a fitted column :class:`minieq.evaluation.PCACodec`) adds the no-training references
-    (row/column means, the PCA column codec).
-    """
+def _heldout(tokenizer, num_images: int, seed: int) -> torch.Tensor:
+    """The held-out renders at the tokenizer's height and training width, on its device."""
     cfg = tokenizer.config
     device = next(tokenizer.parameters()).device
-    x = heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images,
-                       seed).to(device)  # (B, 3, H, W)
+    return heldout_images(cfg.image_height, TRAIN_TOKENS * cfg.column_width, num_images,
+                          seed).to(device)  # (B, 3, H, W)
+
+
+@torch.no_grad()
+def token_by_token(tokenizer, num_images: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    """The N + 1 token-by-token frames (paper Fig. 2/8) of the first held-out image.
+
+    The random tokens take the per-channel statistics of all ``num_images`` held-out images'
+    tokens, as in notebook 02, rather than those of the one image being revealed.
+    """
+    x = _heldout(tokenizer, num_images, seed)
+    return token_by_token_frames(tokenizer, x[0], generator=torch.Generator().manual_seed(seed),
+                                 reference=tokenizer.encode(x))
+
+
+def save_token_by_token(frames: dict[str, list[torch.Tensor]], path: Path) -> Path:
+    """``path``: :func:`minieq.viz.token_by_token_figure` of label → frames, side by side."""
+    token_by_token_figure(frames).savefig(path)
+    return path
+
+
+@torch.no_grad()
+def run_tokenizer_demo(tokenizer, out_dir: Path, num_images: int = 64, seed: int = 0, tag: str = "",
+                       pca=None, label: str = "token-by-token reconstruction") -> dict:
+    """Held-out reconstruction metrics, a reconstruction grid and the token-by-token figure.
+
+    Files are named ``reconstructions{tag}.png`` and ``token_by_token{tag}.png/.gif`` (the PNG
+    titled ``label``); ``pca`` (a fitted column :class:`minieq.evaluation.PCACodec`) adds the
+    no-training references (row/column means, the PCA column codec).
+    """
+    cfg = tokenizer.config
+    x = _heldout(tokenizer, num_images, seed)
     tokens = tokenizer.encode(x)  # (B, N, C) posterior means
     recon = tokenizer.decode(tokens[:8]).clamp(-1, 1)
     Image.fromarray(reconstruction_grid(x[:8].cpu(), recon.cpu())).save(out_dir / f"reconstructions{tag}.png")
-    # The random tokens take the per-channel statistics of the whole held-out batch, as in
-    # notebook 02, rather than those of the one image being revealed.
-    frames = token_by_token_frames(tokenizer, x[0], generator=torch.Generator().manual_seed(seed),
-                                   reference=tokens)
+    frames = token_by_token(tokenizer, num_images, seed)
     save_gif(frames, out_dir / f"token_by_token{tag}.gif")
-    Image.fromarray(frames_strip(frames)).save(out_dir / f"token_by_token{tag}.png")
+    save_token_by_token({label: frames}, out_dir / f"token_by_token{tag}.png")
     # The same numbers as the shipped models' recorded ones (evaluated on a CPU copy).
     heldout = evaluate_tokenizer(copy.deepcopy(tokenizer), num_images, seed)
     summary = {"heldout_psnr_db": heldout["psnr_db"], "heldout_ssim": heldout["ssim"],
@@ -248,7 +269,8 @@ def main(argv=None) -> dict:
     pca = stage("pca", lambda: fit_column_pca(cfg, 16 * cfg.column_width, args.seed))  # fitted once, used twice
     for name, tok in tokenizers.items():
         rec = stage(f"reconstruction {name}", lambda: run_tokenizer_demo(
-            tok, out, seed=args.seed, tag=f"_{name}", pca=pca if name == "scratch" else None))
+            tok, out, seed=args.seed, tag=f"_{name}", pca=pca if name == "scratch" else None,
+            label=labels[name]))
         if name == "scratch":
             summary["baselines"] = {k: rec.pop(k) for k in list(rec) if k.startswith("baseline_")}
         summary["models"][name].update(rec)
@@ -271,8 +293,11 @@ def main(argv=None) -> dict:
         summary["models"][name].update(stage(f"sampling {name}", lambda: run_sampling_demo(
             pipe, out, cfg=args.cfg, seed=args.seed, tag=f"_{name}", long_factors=factors, **sampler)))
         summary["models"][name]["latent_scale"] = pipe.latent_scale
-    for figure in ("reconstructions", "token_by_token", "samples_by_class", "regeneration"):
+    for figure in ("reconstructions", "samples_by_class", "regeneration"):
         compare_figure(out, figure, labels)
+    # The token-by-token frames side by side, one column per model (a few decodes each).
+    save_token_by_token({labels[name]: token_by_token(tok, seed=args.seed) for name, tok in tokenizers.items()},
+                        out / "token_by_token.png")
 
     fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, pca, args.fd_images, cfg=args.cfg, seed=args.seed,
                                           **sampler))

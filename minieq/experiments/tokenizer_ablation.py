@@ -98,27 +98,28 @@ def evaluate(decoders: dict, real: torch.Tensor, heldout: torch.Tensor, latents:
 
 
 def figure(images: dict, heldout: torch.Tensor, real: torch.Tensor, per_class: int = 1):
-    """Left: one held-out image per class and each row's reconstruction; right: the samples;
-    bottom: radially averaged power spectra against real images."""
+    """Top: one held-out image per class, each row's reconstruction of it, then each row's samples;
+    bottom: each row's radially averaged power spectrum divided by real images' (1 = real)."""
     n = len(SYNTHSCAPES_CLASSES) * per_class
     show = lambda x: np.concatenate(list((x[:n].clamp(-1, 1) * 0.5 + 0.5).permute(0, 2, 3, 1).numpy()), 0)
-    columns = [("held-out", show(heldout))] + [(name, show(r)) for name, (r, _) in images.items()]
-    fig = plt.figure(figsize=(3.2 * (len(columns) + len(images)), 13), dpi=110)
-    grid = fig.add_gridspec(2, len(columns) + len(images), height_ratios=[4, 1.2])
-    for i, (name, picture) in enumerate(columns + [(f"{k} samples", show(s)) for k, (_, s) in images.items()]):
+    panels = ([("held-out images", show(heldout))] + [(f"{k}\nreconstructions", show(r)) for k, (r, _) in images.items()]
+              + [(f"{k}\nsamples (cfg 3)", show(s)) for k, (_, s) in images.items()])
+    fig = plt.figure(figsize=(2.2 * len(panels), 4.4 + 3.2), dpi=110)
+    grid = fig.add_gridspec(2, len(panels), height_ratios=[4.4, 3.2], hspace=0.25, wspace=0.05)
+    for i, (name, picture) in enumerate(panels):
         ax = fig.add_subplot(grid[0, i])
         ax.imshow(picture, interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.axis("off")
     ax = fig.add_subplot(grid[1, :])
     freqs, p_real = radial_power_spectrum(real)
-    ax.semilogy(freqs, p_real, "k-", lw=2, label="real")
-    for name, (recon, samples) in images.items():
-        ax.semilogy(freqs, radial_power_spectrum(recon)[1], label=f"{name} recon")
-        ax.semilogy(freqs, radial_power_spectrum(samples)[1], "--", label=f"{name} samples")
+    ax.axhline(1, color="k", lw=2, label="real images")
+    for (name, (recon, samples)), colour in zip(images.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"]):
+        ax.semilogy(freqs, radial_power_spectrum(recon)[1] / p_real, "-", color=colour, label=f"{name} reconstructions")
+        ax.semilogy(freqs, radial_power_spectrum(samples)[1] / p_real, "--", color=colour, label=f"{name} samples")
     ax.set_xlabel("spatial frequency (cycles / px)")
-    ax.set_ylabel("power")
-    ax.legend(fontsize=7, ncol=4)
+    ax.set_ylabel("power / power of real images")
+    ax.legend(fontsize=8, ncol=4, loc="lower left")
     return fig
 
 
