@@ -21,8 +21,10 @@ demo: setup
 	$(BIN)/python -m minieq.course.demo --out runs/demo
 
 # The course in JupyterLab, from the same .venv (start with notebooks/00_setup_and_data.ipynb).
+# As root (most GPU containers) JupyterLab refuses to start without --allow-root.
+LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
-	$(BIN)/jupyter lab notebooks
+	$(BIN)/jupyter lab notebooks $(LAB_FLAGS)
 
 test: test-lib test-notebooks
 

@@ -4,7 +4,7 @@
         --num_images 4096 --out runs/course/latents.pt
 
 The file holds posterior MEANS: ``{"latents": (M, N, C) float32, "labels": (M,) long,
-"tokenizer_config": ..., "noise_std": ..., "flips": bool, "num_images": ...}``. With flips, rows
+"tokenizer_config": ..., "noise_std": ..., "flips": bool, "num_images": ..., "classes": names}``. With flips, rows
 ``num_images..2·num_images-1`` are the horizontally mirrored images, in the same order, so the
 generator sees both orientations (the official training flips at random each epoch,
 docs/official_code.md#tokenizer-optimisation). The σ-VAE noise is NOT baked in: the generator
@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from minieq.checkpoint import atomic_torch_save, load_checkpoint
 from minieq.cli import parser_for, user_errors
 from minieq.data import DATASETS, build_dataset, dataset_names
+from minieq.generator_data import TRAIN_TOKENS
 from minieq.logger import progress
 from minieq.utils import pick_device
 
@@ -58,13 +59,17 @@ def cache_latents(tokenizer, dataset: Dataset, path: str | os.PathLike, flips: b
         "flips": flips,
         "num_images": len(labels),
     }
+    if getattr(dataset, "classes", None):  # names, so the generator (and minieq.sample) knows them
+        payload["classes"] = list(dataset.classes)
     return atomic_torch_save(payload, path)
 
 
 def _dataset(args: argparse.Namespace, tok_config):
-    # Centre crops (train=False): the flips are added explicitly as extra rows.
+    # Centre crops (train=False): the flips are added explicitly as extra rows. The default width
+    # is the generator's training length (128 px for the course tokenizers, 256 for the paper's).
+    width = args.width or TRAIN_TOKENS * tok_config.column_width
     return build_dataset(args.data, args.data_path, split=args.split, height=tok_config.image_height,
-                         width=args.width, num_images=args.num_images, seed=args.seed, train=False)
+                         width=width, num_images=args.num_images, seed=args.seed, train=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,10 +79,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt)")
     parser.add_argument("--data", default="synthscapes", choices=DATASETS,
                         help=f"{dataset_names()} (default: synthscapes)")
-    parser.add_argument("--data_path", default=None, help="root folder of a real data set")
+    parser.add_argument("--data_path", default=None,
+                        help="root folder of a real data set, or of your own images for --data folder")
     parser.add_argument("--split", default="train", help="data split (default: train)")
     parser.add_argument("--num_images", type=int, default=4096, help="SynthScapes only (default: 4096)")
-    parser.add_argument("--width", type=int, default=128, help="SynthScapes only, px (default: 128)")
+    parser.add_argument("--width", type=int, default=None,
+                        help=f"synthscapes and folder: image width in px (default: {TRAIN_TOKENS} columns "
+                             "of the tokenizer, 128 for the course tokenizers)")
     parser.add_argument("--seed", type=int, default=0, help="SynthScapes only (default: 0)")
     parser.add_argument("--no_flips", action="store_true", help="do not add flipped copies")
     parser.add_argument("--batch_size", type=int, default=64, help="images per encoder call (default: 64)")

@@ -1,4 +1,4 @@
-"""Data sets: SynthScapes (embedded), ImageNet / Places-30 / LHQ image folders, cached latents.
+"""Data sets: SynthScapes (embedded), ImageNet / Places-30 / LHQ / your own image folders, cached latents.
 
 Every image data set returns ``(image, label)`` with the image a (3, H, W) float tensor in
 [-1, 1]. All are map-style (``__len__``), so they work with ``DistributedSampler`` and
@@ -24,15 +24,16 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from minieq.checkpoint import CheckpointError, safe_torch_load
+from minieq import own_images
 from minieq.config import token_columns
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 
 __all__ = ["SYNTHSCAPES_CLASSES", "render_synthscapes", "SynthScapes", "ImageFiles", "imagenet",
            "places30", "lhq", "image_transform", "load_rgb", "scan_image_folder", "read_index",
            "places30_classes", "PLACES30_CLASSES_FILE", "LatentDataset",
-           "check_image_size", "DATASETS", "dataset_names", "build_dataset"]
+           "check_image_size", "DATASETS", "dataset_names", "build_dataset", "image_folder"]
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = own_images.IMAGE_EXTENSIONS
 PLACES30_CLASSES_FILE = Path(__file__).resolve().parent / "places30_classes.txt"
 _VAL_OFFSET = 2**30  # validation images use indices far from the training ones
 
@@ -109,13 +110,14 @@ class ImageFiles(Dataset):
     """
 
     def __init__(self, root: str | os.PathLike, files: list[str], labels: list[int],
-                 classes: list[str], resolution: int = 256, train: bool = True, max_retries: int = 20):
+                 classes: list[str], resolution: int = 256, train: bool = True, max_retries: int = 20,
+                 transform=None):
         if len(files) != len(labels):
             raise ValueError(f"{len(files)} files but {len(labels)} labels")
         if not files:
             raise ValueError(f"{root}: no images found")
         self.root, self.files, self.labels, self.classes = Path(root), files, labels, classes
-        self.transform = image_transform(resolution, train)
+        self.transform = transform or image_transform(resolution, train)
         self.max_retries = max_retries
         self.skipped = 0
         self.bad_files: set[str] = set()
@@ -242,9 +244,24 @@ def lhq(root: str | os.PathLike, split: str = "train", resolution: int = 256,
     return ImageFiles(root, files, labels, classes, resolution, split == "train" if train is None else train)
 
 
+def image_folder(root: str | os.PathLike, split: str = "train", resolution: int = 256,
+                 train: bool | None = None, width: int | None = None) -> ImageFiles:
+    """Your own images (``--data folder``): class sub-folders or one class, crops of
+    ``resolution`` x ``width`` px (default square); layout, crops and checks: :mod:`minieq.own_images`."""
+    folder = own_images.split_folder(root, split)
+    files, labels, classes = own_images.scan(folder)
+    own_images.check_sizes(folder, files, resolution)
+    train = split == "train" if train is None else train
+    width = width or resolution
+    # Square crops are exactly the real data sets' transform; strips cover-resize first.
+    transform = (image_transform(resolution, train) if width == resolution
+                 else own_images.crop_transform(resolution, width, train))
+    return ImageFiles(folder, files, labels, classes, resolution, train, transform=transform)
+
+
 # The one registry of data-set names (--data of every tool): the real image folders and their
 # builders; SynthScapes is rendered, so it needs no folder and comes first.
-IMAGE_FOLDERS = {"imagenet": imagenet, "places30": places30, "lhq": lhq}
+IMAGE_FOLDERS = {"imagenet": imagenet, "places30": places30, "lhq": lhq, "folder": image_folder}
 DATASETS = ("synthscapes", *IMAGE_FOLDERS)
 
 
@@ -261,7 +278,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     SynthScapes renders ``num_images`` images of ``height`` × ``width`` (width defaults to the
     height); the real data sets give square ``height`` crops
     (the transforms of docs/official_code.md#tokenizer-optimisation; ``train`` = random crop + flip,
-    defaulting to ``split == "train"``) and need ``root``.
+    defaulting to ``split == "train"``) and need ``root``; ``folder`` (your own images) gives
+    ``height`` × ``width`` crops (:mod:`minieq.own_images`).
     """
     if name == "synthscapes":
         return SynthScapes(num_images, height=height, width=width or height, seed=seed, split=split)
@@ -269,7 +287,8 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
         raise ValueError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
     if not root:
         raise ValueError(f"data set {name!r} needs its root folder (--data_path)")
-    return IMAGE_FOLDERS[name](root, split=split, resolution=height, train=train)
+    strip = {"width": width} if name == "folder" else {}  # the real data sets crop squares only
+    return IMAGE_FOLDERS[name](root, split=split, resolution=height, train=train, **strip)
 
 
 class LatentDataset(Dataset):

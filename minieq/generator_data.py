@@ -80,6 +80,9 @@ class TrainingData:
         else:
             raise ValueError("give --latents (a cached latent file) or --tokenizer (encode on the fly)")
         self.num_classes = cfg.num_classes or num_classes_of(self.dataset)
+        names = getattr(self.dataset, "classes", None) or getattr(self.dataset, "meta", {}).get("classes")
+        # Stored in the checkpoint so that sampling takes names; only if they name every class.
+        self.class_names = list(names) if isinstance(names, list) and len(names) == self.num_classes else None
         stored = getattr(self.dataset, "meta", {}).get("noise_std")  # written by cache_latents
         if self.tokenizer is not None:
             stored = self.tokenizer.config.noise_std

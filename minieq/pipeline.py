@@ -27,11 +27,12 @@ class Pipeline:
     comes from :func:`minieq.generator_data.compute_latent_scale` or from the generator
     checkpoint. ``train_tokens`` is the generator's training length, the default width of
     :meth:`generate` (from the checkpoint too; :data:`minieq.generator_data.TRAIN_TOKENS` if
-    unknown).
+    unknown). ``class_names`` (label order, optional) lets :meth:`class_ids` take names.
     """
 
     def __init__(self, tokenizer: nn.Module, generator: nn.Module, latent_scale: float,
-                 long_decode_from: int = 64, train_tokens: int = TRAIN_TOKENS):
+                 long_decode_from: int = 64, train_tokens: int = TRAIN_TOKENS,
+                 class_names: Sequence[str] | None = None):
         if tokenizer.config.embed_dim != generator.config.token_dim:
             raise ValueError(
                 f"tokenizer makes {tokenizer.config.embed_dim}-channel tokens but the generator "
@@ -42,14 +43,18 @@ class Pipeline:
         self.generator = generator.eval()
         self.latent_scale = float(latent_scale)
         self.train_tokens = int(train_tokens)
+        num_classes = generator.config.num_classes
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for a generator of {num_classes} classes")
+        self.class_names = list(class_names) if class_names is not None else None
         # Past this many tokens decode in bounded memory (tokenizer attention is global, O(N²)).
         self.long_decode_from = long_decode_from
 
     @classmethod
     def from_checkpoints(cls, tokenizer_path: str | os.PathLike, generator_path: str | os.PathLike,
                          device: torch.device | str = "cpu", use_ema: bool = True) -> "Pipeline":
-        """Load a tokenizer and a generator checkpoint (EMA weights); the scale and the training
-        length come from the latter."""
+        """Load a tokenizer and a generator checkpoint (EMA weights); the scale, the training
+        length and the class names (if the data had them) come from the latter."""
         ckpt = read_checkpoint(generator_path, expect="Generator")
         if ckpt.get("latent_scale") is None:
             raise CheckpointError(
@@ -58,7 +63,7 @@ class Pipeline:
                                     expect="ColumnTokenizer")
         generator = load_checkpoint(generator_path, map_location=device, use_ema=use_ema)
         return cls(tokenizer, generator, float(ckpt["latent_scale"]),
-                   train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS))
+                   train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS), class_names=ckpt.get("class_names"))
 
     @property
     def column_width(self) -> int:
@@ -92,6 +97,23 @@ class Pipeline:
         if labels.numel() == 0 or labels.min() < 0 or labels.max() >= num_classes:
             raise ValueError(f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}")
         return labels
+
+    def class_ids(self, classes: Sequence[str | int]) -> list[int]:
+        """Class ids from ids or names (``["forest", "2"]`` -> ``[3, 2]``); an unknown name is one
+        ``ValueError`` that lists the names this generator knows."""
+        ids = []
+        for c in classes:
+            if isinstance(c, int) or str(c).lstrip("-").isdigit():
+                ids.append(int(c))
+            elif self.class_names is None:
+                raise ValueError(f"this generator stores no class names; give class ids "
+                                 f"0..{self.generator.config.num_classes - 1} instead of {c!r}")
+            elif c not in self.class_names:
+                raise ValueError(f"unknown class {c!r}; the classes are: {', '.join(self.class_names)}")
+            else:
+                ids.append(self.class_names.index(c))
+        self._labels(ids)  # range check: one error for a bad id
+        return ids
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:

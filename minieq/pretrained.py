@@ -39,6 +39,8 @@ from minieq.cli import parser_for, user_errors
 from minieq.data import SynthScapes
 from minieq.evaluation import evaluate_tokenizer
 from minieq.generator_data import TRAIN_TOKENS
+from minieq.pipeline import Pipeline
+from minieq.synthscapes import SYNTHSCAPES_CLASSES
 from minieq.train_generator import GeneratorTrainConfig
 from minieq.train_generator import train as train_generator
 from minieq.train_tokenizer import TokenizerTrainConfig
@@ -83,6 +85,13 @@ def pretrained_generator(device: str | torch.device | None = None) -> tuple[nn.M
     path = _shipped(GENERATOR_FILE)
     scale = float(read_checkpoint(path)["latent_scale"])
     return load_checkpoint(path, map_location=device).float().eval(), scale
+
+
+def pretrained_pipeline(device: str | torch.device | None = None, decoder: str = "textured") -> Pipeline:
+    """The shipped course models as one :class:`Pipeline` that knows the SynthScapes class names."""
+    generator, scale = pretrained_generator(device)
+    tokenizer = pretrained_tokenizer(next(generator.parameters()).device, decoder)
+    return Pipeline(tokenizer, generator, scale, class_names=SYNTHSCAPES_CLASSES)
 
 
 def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -> dict:

@@ -1,8 +1,14 @@
-"""Sample images from trained checkpoints into a PNG: a grid, or one (long) image per row.
+"""Sample images into a PNG: a grid, or one (long) image per row.
 
+    python -m minieq.sample --classes forest dunes --width 1024      # the shipped course models
     python -m minieq.sample --tokenizer runs/course/fast/tokenizer.pt \\
         --generator runs/course/fast/generator.pt --classes 0 3 5 --width 1024 --cfg 3 \\
         --out samples.png [--grid] [--seed 0] [--solver midpoint --steps 5]
+
+Without checkpoint paths (or with ``pretrained``) it samples the pretrained course models shipped
+in the package (SynthScapes classes: mountains, dunes, sea_horizon, forest, ...). Classes are ids
+or names; a generator trained by minieq on named classes (your own folders) stores its names, a
+converted official generator has ids only (the Places-30 classes were never published).
 
 Any width that is a multiple of the tokenizer's column width (≥ 2 columns) works: the generator
 is trained on 16 tokens (its checkpoint says) but its windowed attention makes every length the
@@ -21,19 +27,43 @@ import torch
 
 from minieq.cli import parser_for, user_errors
 from minieq.flow import SOLVERS
+from minieq import pretrained
 from minieq.pipeline import Pipeline
+from minieq.pretrained import pretrained_pipeline
 from minieq.utils import pick_device
 from minieq.viz import save_image_grid
+
+
+PRETRAINED = "pretrained"
+
+
+def load_pipeline(tokenizer: str | None, generator: str | None, device: torch.device) -> Pipeline:
+    """Two checkpoint paths, or none (or ``pretrained``): the shipped course models. The course
+    tokenizer also serves a generator trained on its latents (``--tokenizer pretrained``)."""
+    if generator in (None, PRETRAINED):
+        if tokenizer not in (None, PRETRAINED):  # the course generator models the course latents only
+            raise ValueError(f"the pretrained course generator samples tokens of the course tokenizer "
+                             f"only; give --generator too for {tokenizer}")
+        return pretrained_pipeline(device)
+    if tokenizer is None:
+        raise ValueError("give --tokenizer with --generator (--tokenizer pretrained if the generator "
+                         "was trained on the course tokenizer's latents)")
+    if tokenizer == PRETRAINED:
+        tokenizer = pretrained.TEXTURED_FILE
+    return Pipeline.from_checkpoints(tokenizer, generator, device=device)
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI (see ``--help``); writes the PNG and returns 0."""
     parser = parser_for("sample", __doc__)
-    parser.add_argument("--tokenizer", required=True,
-                        help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt)")
-    parser.add_argument("--generator", required=True,
-                        help="generator checkpoint (train_generator's OUT/generator.pt)")
-    parser.add_argument("--classes", type=int, nargs="+", required=True, help="one image per class id")
+    parser.add_argument("--tokenizer", default=None,
+                        help="tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt, or a tokenizer.pt; "
+                             "default: pretrained, the shipped course tokenizer)")
+    parser.add_argument("--generator", default=None,
+                        help="generator checkpoint (train_generator's OUT/generator.pt; default: "
+                             "pretrained, the shipped course generator)")
+    parser.add_argument("--classes", nargs="+", default=None,
+                        help="one image per class, by id or name (default: every class)")
     parser.add_argument("--per_class", type=int, default=1, help="images per class (default: 1)")
     parser.add_argument("--width", type=int, default=None,
                         help="pixels (default: the generator's training width, 16 tokens)")
@@ -56,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
     with user_errors(parser):
-        pipe = Pipeline.from_checkpoints(args.tokenizer, args.generator, device=pick_device(args.device))
-        labels = torch.tensor(args.classes).repeat_interleave(args.per_class)  # (B,)
+        pipe = load_pipeline(args.tokenizer, args.generator, pick_device(args.device))
+        classes = args.classes or range(pipe.generator.config.num_classes)
+        labels = torch.tensor(pipe.class_ids(classes)).repeat_interleave(args.per_class)  # (B,)
         images = pipe.generate(labels, width=args.width, cfg=args.cfg, cfg_schedule=args.cfg_schedule,
                                temperature=args.temperature, seed=args.seed, progress=True,
                                use_cache=not args.no_cache, solver=args.solver, steps=args.steps)

@@ -17,7 +17,8 @@ Several nodes (the same line on every node, NODE_RANK = 0 .. NNODES-1, MASTER = 
         --latents /data/places30_latents.pt --out /shared/runs/gen_L
 
 Without cached latents the tokenizer encodes every batch on the fly, as the official script does
-(``--tokenizer runs/tok/checkpoint.pt --data places30 --data_path /data/places30``).
+(``--tokenizer runs/tok/checkpoint.pt --data places30 --data_path /data/places30``; your own
+images: ``--data folder --data_path DIR``, cropped to 16 columns of the tokenizer).
 Rerunning a command resumes exactly from ``<out>/generator.pt`` when it exists; ``--fresh``
 starts over at step 0 instead, ``--resume FILE`` continues from another checkpoint. The first
 line printed says which.
@@ -110,7 +111,7 @@ class GeneratorTrainConfig(ConfigBase):
         "tokenizer": "tokenizer checkpoint (train_tokenizer's OUT/checkpoint.pt): encodes on the "
                      "fly without --latents, and decodes the sample grids",
         "data": "without --latents: " + dataset_names(),
-        "data_path": "root folder of a real data set",
+        "data_path": "root folder of a real data set, or of your own images for --data folder",
         "synth_images": "SynthScapes images when encoding on the fly",
         "num_classes": "number of classes (default: from the data)",
         "batch_size": "global batch, summed over ranks",
@@ -325,7 +326,7 @@ def train(cfg: GeneratorTrainConfig, out: str | Path, *, resume: str | None = No
                        per_position=per_position, epoch=state.step / steps_per_epoch)
         if is_due(state.step, cfg.save_every, total_steps):
             state.save(ckpt_path, latent_scale=latent_scale, train_tokens=train_tokens,
-                       train_config=cfg.to_dict())
+                       train_config=cfg.to_dict(), class_names=data.class_names)
         last = state.step == total_steps
         if data.tokenizer is not None and dist.is_main() and (
                 last or (cfg.sample_every and state.step % cfg.sample_every == 0)):
@@ -334,7 +335,7 @@ def train(cfg: GeneratorTrainConfig, out: str | Path, *, resume: str | None = No
     bar.close()
     if not ckpt_path.is_file():
         state.save(ckpt_path, latent_scale=latent_scale, train_tokens=train_tokens,
-                       train_config=cfg.to_dict())
+                   train_config=cfg.to_dict(), class_names=data.class_names)
     return ckpt_path
 
 

@@ -68,7 +68,7 @@ class TokenizerTrainConfig(ConfigBase):
     data: str = "imagenet"  # a name in minieq.data.DATASETS
     data_path: Optional[str] = None
     num_images: int = 8192  # SynthScapes only: training-set size
-    image_width: int = 256  # SynthScapes only (real data: square crops of the tokenizer height)
+    image_width: int = 256  # SynthScapes and folder (ImageNet, Places, LHQ: square crops of the height)
     batch_size: int = 192  # global, over all ranks
     steps: int = 330_000  # ≈ 50 epochs of ImageNet at batch 192
     lr: float = 1.92e-4
@@ -151,9 +151,10 @@ class TokenizerTrainConfig(ConfigBase):
     HELP = {
         "tokenizer": "TokenizerConfig preset: tiny (CPU), course_gpu (one GPU) or paper",
         "data": dataset_names() + " (synthscapes is rendered, offline)",
-        "data_path": "root folder of a real data set (not needed for synthscapes)",
+        "data_path": "root folder of a real data set, or of your own images for --data folder",
         "num_images": "SynthScapes training-set size",
-        "image_width": "SynthScapes image width in px (real data: square crops)",
+        "image_width": "image width in px for synthscapes and folder, a multiple of the column width "
+                       "(imagenet, places30, lhq: square crops)",
         "batch_size": "global batch, summed over ranks",
         "steps": "training steps (a resumed run stops here too, so raising it extends a run)",
         "lr": "peak learning rate (both optimizers)",
@@ -204,11 +205,11 @@ PRESET_HELP = {
 
 
 def build_dataset(cfg: TokenizerTrainConfig, tok_config: TokenizerConfig):
-    """The training images: SynthScapes (rendered) or a real ImageFolder data set via minieq.data."""
-    if cfg.data == "synthscapes":  # a rendered width must split into token columns
+    """The training images: SynthScapes (rendered), a real data set or your own folder, via minieq.data."""
+    if cfg.data in ("synthscapes", "folder"):  # a rendered or cropped width must split into columns
         token_columns(cfg.image_width, tok_config.column_width)
-    # Real data: square crops of the tokenizer height, random crop + flip
-    # (docs/official_code.md#tokenizer-optimisation).
+    # Real data: square crops of the tokenizer height (folder: height x image_width), random crop
+    # + flip (docs/official_code.md#tokenizer-optimisation).
     return build_image_dataset(cfg.data, cfg.data_path, height=tok_config.image_height, width=cfg.image_width,
                  num_images=cfg.num_images, seed=cfg.seed)
 

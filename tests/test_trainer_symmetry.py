@@ -103,7 +103,7 @@ def test_one_width_rule_for_tokenizer_pipeline_and_data(micro_pipe):
 
 def test_one_registry_of_data_set_names_feeds_the_help():
     assert data.DATASETS == ("synthscapes", *data.IMAGE_FOLDERS)
-    assert data.dataset_names() == "synthscapes, imagenet, places30 or lhq"
+    assert data.dataset_names() == "synthscapes, imagenet, places30, lhq or folder"
     for help_text in (tt.TokenizerTrainConfig.HELP["data"], tg.GeneratorTrainConfig.HELP["data"]):
         assert data.dataset_names() in help_text
     with pytest.raises(ValueError, match="choose one of synthscapes, imagenet, places30, lhq"):

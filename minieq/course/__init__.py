@@ -23,7 +23,7 @@ from minieq.cache_latents import cache_latents
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from minieq.data import SynthScapes
 from minieq.generator_data import TRAIN_TOKENS
-from minieq.pretrained import pretrained_generator, pretrained_tokenizer  # noqa: F401 (public API)
+from minieq.pretrained import pretrained_generator, pretrained_pipeline, pretrained_tokenizer  # noqa: F401 (public API)
 from minieq.train_generator import GeneratorTrainConfig
 from minieq.train_generator import train as train_generator
 from minieq.train_tokenizer import HALF_WIDTH, TokenizerTrainConfig

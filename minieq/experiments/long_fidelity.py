@@ -39,7 +39,7 @@ from torch.utils.data import Dataset
 from minieq.analysis import seam_score
 from minieq.cli import user_errors
 from minieq.config import ConfigBase
-from minieq.data import SynthScapes, build_dataset
+from minieq.data import DATASETS, SynthScapes, build_dataset, dataset_names
 from minieq.experiments import experiment_parser, write_result
 from minieq.metrics import frechet_distance, image_features
 from minieq.pipeline import Pipeline
@@ -307,18 +307,20 @@ def reference_dataset(args: argparse.Namespace, height: int, width: int, images:
     renders, or the val images of ``--data``."""
     if args.data == "synthscapes":
         return SynthScapes(images, height=height, width=width, seed=args.seed, split="val")
-    if height != width:
+    if height != width and args.data != "folder":  # your own folder is cropped to any width
         raise ValueError(f"{args.data} gives square images, but the training images are {height}x{width}")
-    return build_dataset(args.data, args.data_path, split="val", height=height, train=False)
+    return build_dataset(args.data, args.data_path, split="val", height=height, width=width, train=False)
 
 
 def main(argv: list[str] | None = None) -> dict:
     """CLI: ``python -m minieq.experiments long_fidelity [--scale paper ...]``; writes JSON + PNG."""
     parser = experiment_parser("long_fidelity", __doc__)
     add_model_flags(parser)
-    parser.add_argument("--data", default="synthscapes", help="ground truth: synthscapes (cpu), places30, "
-                        "imagenet or lhq (val split, needs --data_path)")
-    parser.add_argument("--data_path", default=None, help="root folder of a real data set")
+    parser.add_argument("--data", default="synthscapes", choices=DATASETS,
+                        help=f"ground truth: {dataset_names()} (synthscapes at cpu scale; the others: "
+                             "val split, needs --data_path)")
+    parser.add_argument("--data_path", default=None,
+                        help="root folder of a real data set, or of your own images for --data folder")
     parser.add_argument("--strips_per_class", type=int, default=None, help="strips per class (preset's)")
     parser.add_argument("--crops", type=int, default=None, help="x-offsets measured (preset's)")
     parser.add_argument("--cfg", type=float, default=None, help="guidance scale (preset's)")

@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", default="synthscapes", choices=DATASETS,
                         help=f"ground truth of the FD: {dataset_names()} (synthscapes at cpu "
                              "scale; the others: val split, needs --data_path)")
-    parser.add_argument("--data_path", default=None, help="root folder of a real data set")
+    parser.add_argument("--data_path", default=None,
+                        help="root folder of a real data set, or of your own images for --data folder")
     parser.add_argument("--steps", type=int, default=None, help="training steps per run (preset's)")
     parser.add_argument("--strips_per_class", type=int, default=None, help="strips per class (preset's)")
     args = parser.parse_args(argv)
