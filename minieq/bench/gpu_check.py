@@ -20,7 +20,6 @@ FAST models, tiny batches and the tiny generator, so the command itself is teste
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
