@@ -3,9 +3,10 @@
     loss_ae   = rec + 0.01·KL + d_weight·disc_factor·g_loss + semantic_factor·5.0·semantic
     loss_disc = disc_factor · hinge(D(aug(x)), D(aug(x̂)))
 
-* rec: per pixel |x − x̂| + lpips_weight·LPIPS(x, x̂) (or, offline, the LPIPS-style distance on
-  EfficientNet-Lite1 features of :mod:`minieq.perceptual`: ``perceptual="lite1"``) (LPIPS is one number per image, broadcast
-  to every pixel), summed over pixels and divided by B — the official weighting, so LPIPS
+* rec: per pixel |x − x̂| + lpips_weight·LPIPS(x, x̂), summed over pixels and divided by B (LPIPS
+  is one number per image, broadcast to every pixel; offline, ``perceptual="lite1"`` puts the
+  LPIPS-style distance on EfficientNet-Lite1 features of :mod:`minieq.perceptual` in its place)
+  — the official weighting, so LPIPS
   effectively weighs 3·H·W times more than one pixel's L1. ``reduction="mean"`` divides EVERY
   term (rec, KL, semantic) by the same 3·H·W, i.e. per-pixel means: the loss is then exactly the
   official loss / (3·H·W) (the adaptive GAN weight rescales itself), which reads more easily.
@@ -13,7 +14,8 @@
   (docs/official_code.md#sigma-vae-posterior), batch-averaged.
 * g_loss = −mean D(aug(x̂)); its adaptive weight ‖∇nll‖ / (‖∇g‖ + 1e-4) on the decoder's last
   layer (of the global batch under DDP), clamped to [0, 1e4], × disc_weight. Computed only
-  once the discriminator has started (the official code pays for it on every step, docs/official_code.md#tokenizer-quirks).
+  once the discriminator has started (the official code pays for it on every step,
+  docs/official_code.md#tokenizer-quirks).
 * semantic: Σ (pred − DINOv2 patch features)² / B against a frozen DINOv2 ViT-B/14
   (docs/official_code.md#semantic-head). The teacher runs only while its weight is on.
 
