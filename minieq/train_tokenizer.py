@@ -198,7 +198,7 @@ PRESET_HELP = {
                   "measured)",
     "pretrained_texture": "the shipped textured decoder: stage 2 from the pretrained tokenizer, "
                           "decoder only, + adversarial + perceptual (Table 5), 3000 steps x 16 "
-                          "images, ~35 min on one CPU core (0.7 s/step measured)",
+                          "images, 35-50 min on one CPU core (0.7-0.9 s/step measured)",
     "course_gpu": "the course's full mode: 24.7 M params, 128 px, ~0.85 A100-hours (estimate)",
     "paper": "the paper's Table 6 (214 M params, ImageNet, 8 GPUs)",
 }
