@@ -123,12 +123,18 @@ def _train_tokenizer(out: Path, steps: int | None) -> Path:
     return train_tokenizer(cfg, out, device=pick_device())  # resumes from out/checkpoint.pt if it exists
 
 
-def _train_textured(out: Path, steps: int | None) -> Path:
-    """Stage 2 from the shipped stage-1 file: only the decoder trains (its encoder stays frozen)."""
-    overrides = {"steps": steps} if steps else {}
+def textured_config(steps: int | None = None, **loss_overrides) -> TokenizerTrainConfig:
+    """The ``pretrained_texture`` recipe: stage 2 from the shipped stage-1 file (a relative path,
+    since the recipe is stored in what it trains), only the decoder trains; ``loss_overrides``
+    change its loss terms (the rows of ``minieq.experiments.tokenizer_ablation``)."""
     cfg = TokenizerTrainConfig.preset("pretrained_texture", init=os.path.relpath(_shipped(TOKENIZER_FILE)),
-                                      **overrides)
-    return train_tokenizer(cfg, out, device=pick_device())
+                                      **({"steps": steps} if steps else {}))
+    cfg.loss = cfg.loss.replace(**loss_overrides)
+    return cfg
+
+
+def _train_textured(out: Path, steps: int | None) -> Path:
+    return train_tokenizer(textured_config(steps), out, device=pick_device())
 
 
 def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tuple[Path, dict]:

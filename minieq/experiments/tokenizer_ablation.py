@@ -26,7 +26,6 @@ Legend: B images, N tokens, H/W height/width in pixels.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -40,7 +39,7 @@ from minieq.evaluation import PCACodec, heldout_images
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.metrics import frechet_distance, image_features, psnr, ssim
 from minieq.pipeline import Pipeline
-from minieq.pretrained import TOKENIZER_FILE, pretrained_generator
+from minieq.pretrained import TOKENIZER_FILE, pretrained_generator, textured_config
 from minieq.synthscapes import SYNTHSCAPES_CLASSES, render_synthscapes
 from minieq.texture import radial_power_spectrum, texture_report
 from minieq.train_tokenizer import TokenizerTrainConfig, train
@@ -65,11 +64,7 @@ def train_row(name: str, runs: Path, steps: int | None, device: torch.device) ->
     _, loss = ROWS[name]
     if loss is None:
         return load_checkpoint(TOKENIZER_FILE).float().eval()
-    # A relative path: the recipe is stored in the run's checkpoint.
-    cfg = TokenizerTrainConfig.preset("pretrained_texture", init=os.path.relpath(TOKENIZER_FILE),
-                                      **({"steps": steps} if steps else {}))
-    cfg.loss = cfg.loss.replace(**loss)
-    path = train(cfg, runs / name, device=device, progress=False)
+    path = train(textured_config(steps, **loss), runs / name, device=device, progress=False)
     return load_checkpoint(path).float().eval()
 
 
