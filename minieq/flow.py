@@ -31,7 +31,12 @@ from torch import nn
 # (docs/sampling_speed.md); 2-step Adams-Bashforth (N calls) was measured too and dropped: midpoint
 # beat it at every cost.
 SOLVERS = ("euler", "heun", "midpoint")
-_CALLS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2}
+# "distilled": a few-step head (minieq.few_step) trained to jump along the teacher's guided ODE:
+# z <- z - u(z, t_i, d = 1/N, s)/N, one call per step, N in 1..4. It is not an ODE solver of this
+# head's velocity, so it needs a FewStepNet attached to the head (FlowHead.few_step).
+DISTILLED = "distilled"
+SAMPLERS = SOLVERS + (DISTILLED,)
+_CALLS_PER_STEP = {"euler": 1, "heun": 2, "midpoint": 2, DISTILLED: 1}
 
 
 # How the guidance scale ramps over the tokens of a sample (``generator_sampling.cfg_scale``).
@@ -39,9 +44,9 @@ CFG_SCHEDULES = ("linear", "constant")
 
 
 def check_solver(solver: str) -> None:
-    """Raise a one-line ValueError for a solver name not in :data:`SOLVERS`."""
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    """Raise a one-line ValueError for a solver name not in :data:`SAMPLERS`."""
+    if solver not in SAMPLERS:
+        raise ValueError(f"unknown solver {solver!r}; choose one of {SAMPLERS}")
 
 
 @dataclass(frozen=True)
@@ -49,8 +54,14 @@ class SamplingOptions:
     """How to sample, checked once and passed whole from ``Pipeline.generate`` through
     ``Generator.sample`` and the token loop down to :meth:`FlowHead.sample`.
 
-    :param solver: the flow head's ODE solver, one of :data:`SOLVERS` (``"euler"`` = official).
-    :param steps: solver steps per token; None = the generator config's ``num_sampling_steps``.
+    :param solver: the flow head's ODE solver, one of :data:`SOLVERS` (``"euler"`` = official), or
+        ``"distilled"`` (an attached few-step head, :mod:`minieq.few_step`).
+    :param steps: solver steps per token; None = the generator config's ``num_sampling_steps``
+        (for ``"distilled"``: the fewest steps the few-step head was trained for).
+    :param late_steps: steps annealed along the sequence: None keeps ``steps`` for every token;
+        an integer ramps token k's steps linearly from ``steps`` (token 0, no context) to
+        ``late_steps`` at the first token whose attention window is full (token ``cond_length``)
+        and keeps it there. The token loop reads it; the head sees one token's steps.
     :param cfg: classifier-free guidance scale s (1.0 = no guidance).
     :param cfg_schedule: one of :data:`CFG_SCHEDULES`, how s ramps over the tokens: ``"linear"``
         (official) or ``"constant"``. The token loop reads it; the head sees one token's scale.
@@ -59,15 +70,19 @@ class SamplingOptions:
 
     solver: str = "euler"
     steps: int | None = None
+    late_steps: int | None = None
     cfg: float = 1.0
     cfg_schedule: str = "linear"
     temperature: float = 1.0
 
     def __post_init__(self):
         check_solver(self.solver)
-        steps = self.steps
-        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
-            raise ValueError(f"steps must be an integer >= 1 or None (the config's count), got {steps!r}")
+        for name in ("steps", "late_steps"):
+            steps = getattr(self, name)
+            if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {steps!r}")
+        if self.late_steps is not None and self.steps is None:
+            raise ValueError("late_steps anneals from steps: give steps too")
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {self.cfg_schedule!r}")
         _check_scale("cfg", self.cfg, "1.0 = no guidance")
@@ -76,7 +91,7 @@ class SamplingOptions:
     @classmethod
     def from_call(cls, options: SamplingOptions | None, **keywords) -> SamplingOptions:
         """The options of a sampling call: ``options`` when given, else built from the call's
-        keywords (solver, steps, cfg, cfg_schedule, temperature).
+        keywords (solver, steps, late_steps, cfg, cfg_schedule, temperature).
 
         Giving ``options`` together with a keyword that differs from its default is refused:
         which of the two should win is not obvious to a reader of the call.
@@ -117,7 +132,8 @@ def integrate(velocity, z: torch.Tensor, solver: str = "euler", steps: int = 100
     :param z: the state at t = 1 (M, C); not modified.
     :return: the state at t = 0 (M, C).
     """
-    check_solver(solver)
+    if solver not in SOLVERS:
+        raise ValueError(f"integrate solves the ODE with one of {SOLVERS}, got {solver!r}")
     if not (isinstance(steps, int) and steps >= 1):
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     z = z.clone()  # updated in place below (no autograd here), so the caller's tensor stays
@@ -240,20 +256,24 @@ class AdaLNMLP(nn.Module):
         return self.final_layer(x, y)  # (M, C)
 
 
-class _GuidedVelocity:
+def stack_rows(c: torch.Tensor, uncond: torch.Tensor | None) -> torch.Tensor:
+    """The rows one guided head call sees: (M, D) conditional, then (M, D) null -> (R, D)."""
+    return c if uncond is None else torch.cat([c, uncond])  # (R, D), R = M or 2M
+
+
+class GuidedVelocity:
     """One token's velocity v(z, t) with classifier-free guidance, for :func:`integrate`.
 
     What does not change across the ODE steps is made once per token: the condition half of
-    AdaLN's y (``cond_embed`` of the stacked conditional and null rows) and the input and time
-    buffers, so each step is one batched network call on 2M rows (M without guidance).
+    AdaLN's y (``y_cond``: ``cond_embed`` of :func:`stack_rows`; a few-step head adds its step
+    size and guidance there) and the input and time buffers, so each step is one batched network
+    call on 2M rows (M without guidance).
     """
 
-    def __init__(self, net: AdaLNMLP, c: torch.Tensor, uncond: torch.Tensor | None, cfg: float):
-        self.net, self.cfg, self.guided = net, cfg, uncond is not None
-        rows = c if uncond is None else torch.cat([c, uncond])  # (R, D), R = M or 2M
-        self.y_cond = net.cond_embed(rows)  # (R, W)
-        self.t = torch.empty(rows.shape[0], device=c.device)  # (R,) every row at the same t
-        self.x = torch.empty(rows.shape[0], net.input_proj.in_features, device=c.device)  # (R, C)
+    def __init__(self, net: AdaLNMLP, y_cond: torch.Tensor, guided: bool, cfg: float):
+        self.net, self.cfg, self.guided, self.y_cond = net, cfg, guided, y_cond  # y_cond (R, W)
+        self.t = torch.empty(y_cond.shape[0], device=y_cond.device)  # (R,) every row at the same t
+        self.x = torch.empty(y_cond.shape[0], net.input_proj.in_features, device=y_cond.device)  # (R, C)
 
     def __call__(self, z: torch.Tensor, t: float) -> torch.Tensor:
         self.t.fill_(t)
@@ -272,6 +292,9 @@ class FlowHead(nn.Module):
         self.channels = channels
         self.num_sampling_steps = num_sampling_steps
         self.net = AdaLNMLP(channels, width, cond_dim, depth)
+        # solver="distilled" samples with this (a minieq.few_step.FewStepNet, attached by
+        # minieq.few_step.attach); None for every trained or official head.
+        self.few_step: nn.Module | None = None
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Predicted velocity ε − x0 for x_t (M, C) at times t (M,) given conditions c (M, D)."""
@@ -309,17 +332,28 @@ class FlowHead(nn.Module):
         :param noise: initial noise ε (M, C); drawn from ``generator`` when None.
         :param temperature: multiplies the initial noise (1.0 = the official sampler, which
             accepts a temperature but ignores it; < 1 trades diversity for fidelity).
-        :param solver: one of :data:`SOLVERS`; ``"euler"`` is the official sampler.
-        :param steps: solver steps (default: ``self.num_sampling_steps``); the head runs
-            :func:`head_calls` (solver, steps) times.
+        :param solver: one of :data:`SAMPLERS`; ``"euler"`` is the official sampler,
+            ``"distilled"`` the attached few-step head (:attr:`few_step`).
+        :param steps: solver steps (default: ``self.num_sampling_steps``, for ``"distilled"`` its
+            fewest trained steps); the head runs :func:`head_calls` (solver, steps) times.
         :param options: a :class:`SamplingOptions` instead of ``cfg``, ``temperature``,
             ``solver`` and ``steps`` (its ``cfg_schedule`` is the token loop's business).
         :return: samples x0 (M, C).
         """
         options = SamplingOptions.from_call(options, cfg=cfg, temperature=temperature, solver=solver,
                                             steps=steps)
-        steps = self.num_sampling_steps if options.steps is None else options.steps
         if noise is None:
             noise = torch.randn(c.shape[0], self.channels, device=c.device, generator=generator)
         z = noise.to(c.device, torch.float32) * options.temperature  # (M, C)
-        return integrate(_GuidedVelocity(self.net, c, uncond, options.cfg), z, options.solver, steps)
+        rows, guided = stack_rows(c, uncond), uncond is not None
+        if options.solver != DISTILLED:
+            steps = self.num_sampling_steps if options.steps is None else options.steps
+            velocity = GuidedVelocity(self.net, self.net.cond_embed(rows), guided, options.cfg)
+            return integrate(velocity, z, options.solver, steps)
+        if self.few_step is None:
+            raise ValueError("solver='distilled' needs a few-step head: minieq.few_step.attach(generator, "
+                             "path), or pretrained_generator(few_step=True) for the course generator")
+        # Guidance is an input of the few-step head (it learned the guided jump); unguided rows see 1.
+        steps = self.few_step.check_call(options.steps, options.cfg if guided else 1.0)
+        y_cond = self.few_step.condition(rows, 1.0 / steps, options.cfg if guided else 1.0)
+        return integrate(GuidedVelocity(self.few_step, y_cond, guided, options.cfg), z, "euler", steps)

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import torch
 
 from minieq.attention import LayerCache
-from minieq.flow import FlowHead, SamplingOptions
+from minieq.flow import DISTILLED, FlowHead, SamplingOptions
 from minieq.logger import progress as progress_bar
 from minieq.utils import eval_mode
 
@@ -113,10 +113,23 @@ def cfg_scale(cfg: float, schedule: str, k: int, num_tokens: int) -> float:
     raise ValueError(f"cfg_schedule must be 'linear' or 'constant', got {schedule!r}")
 
 
-def token_options(options: SamplingOptions, k: int, num_tokens: int) -> SamplingOptions:
-    """The options of token k alone: its guidance scale from the schedule, held constant."""
+def annealed_steps(steps: int, late_steps: int | None, k: int, full_context: int) -> int:
+    """Solver steps of token k: ``steps`` at token 0 (no context), then a linear ramp to
+    ``late_steps`` at token ``full_context``, the first whose attention window is full (the
+    first tokens are the freest draws; later ones are pinned down by their neighbours, so a
+    coarser solve costs them less, docs/sampling_speed.md)."""
+    if late_steps is None or k >= full_context:
+        return steps if late_steps is None else late_steps
+    return round(steps + (late_steps - steps) * k / full_context)
+
+
+def token_options(options: SamplingOptions, k: int, num_tokens: int, full_context: int = 1) -> SamplingOptions:
+    """The options of token k alone: its guidance scale from the schedule held constant, and
+    its steps from the annealing (:func:`annealed_steps`)."""
+    steps = options.steps if options.steps is None else annealed_steps(options.steps, options.late_steps, k,
+                                                                       full_context)
     return replace(options, cfg=cfg_scale(options.cfg, options.cfg_schedule, k, num_tokens),
-                   cfg_schedule="constant")
+                   cfg_schedule="constant", steps=steps, late_steps=None)
 
 
 def sampling_loop(gen: StepModel, labels: torch.Tensor | None, given: torch.Tensor, keep: torch.Tensor,
@@ -129,6 +142,12 @@ def sampling_loop(gen: StepModel, labels: torch.Tensor | None, given: torch.Tens
     if noise is not None and noise.shape != (B, N, C):
         raise ValueError(f"noise must have shape {(B, N, C)}, got {tuple(noise.shape)}")
     guided = options.cfg != 1.0 and labels is not None
+    if options.solver == DISTILLED and gen.head.few_step is not None:  # refuse before the first token
+        gen.head.few_step.check_call(options.steps, options.cfg if guided else 1.0)
+        gen.head.few_step.check_call(options.late_steps, 1.0)
+    # Annealed steps ramp over the tokens whose window is not yet full: token cond_length is the
+    # first to see cond_length previous tokens (full attention: its window never fills, ramp over N).
+    full_context = max(1, gen.config.window) if gen.config.window else N
     with eval_mode(gen):  # sampling is eval behaviour: no dropout, no position shift
         class_vec = gen.class_vectors(labels, B)  # (B, D)
         if guided:
@@ -140,7 +159,7 @@ def sampling_loop(gen: StepModel, labels: torch.Tensor | None, given: torch.Tens
             if not keep[:, k].all():
                 c, u = row.chunk(2) if guided else (row, None)
                 z = gen.head.sample(c, u, noise=None if noise is None else noise[:, k], generator=generator,
-                                    options=token_options(options, k, N))  # (B, C)
+                                    options=token_options(options, k, N, full_context))  # (B, C)
                 tokens[:, k] = torch.where(keep[:, k, None], tokens[:, k], z)
             if k < N - 1:
                 stream.push(k, tokens[:, k].repeat(2, 1) if guided else tokens[:, k])
