@@ -1,6 +1,6 @@
 """Distil a few-step head from a trained generator's flow head (transformer frozen, issue 24).
 
-    python -m minieq.distill --out runs/distill                       # the course generator
+    python -m minieq.distill --out runs/distill      # the course generator: ~30 CPU minutes
     python -m minieq.distill --out runs/distill --export minieq/weights/course_few_step_head.pt
 
 Shape legend: M rows (tokens x noise draws), C token channels, D transformer width, G grid steps.
@@ -47,11 +47,16 @@ class DistillConfig(ConfigBase):
     num_tokens: int = 16
     rank: int = 32
     steps: int = 4000
-    batch_size: int = 1024
+    batch_size: int = 512
     lr: float = 1e-3
     warmup: int = 100
     val_rows: int = 8192             # held out: the first 256 images (16 tokens x 2 draws each)
     seed: int = 0
+
+    def __post_init__(self):
+        self.step_counts = tuple(int(n) for n in self.step_counts)  # a checkpoint stores a list
+        if any(n < 1 or self.grid % n for n in self.step_counts):
+            raise ValueError(f"every step count must divide grid {self.grid}, got {self.step_counts}")
 
 
 def teacher_path(head: FlowHead, c: torch.Tensor, u: torch.Tensor, s: torch.Tensor, noise: torch.Tensor,
@@ -184,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     cfg = DistillConfig(**{k: getattr(args, k) for k in DistillConfig().to_dict() if hasattr(args, k)})
     from minieq.pretrained import pretrained_generator
-    gen, _ = pretrained_generator(pick_device(args.device))
+    gen, _ = pretrained_generator(pick_device(args.device), few_step=False)
     gen.requires_grad_(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -284,6 +284,16 @@ class GuidedVelocity:
         return v_u + self.cfg * (v_c - v_u)
 
 
+def _drop_few_step_keys(module, state_dict, prefix, local_metadata) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "few_step.")]:
+        del state_dict[key]
+
+
+def _few_step_keys_not_missing(module, incompatible_keys) -> None:
+    missing = incompatible_keys.missing_keys
+    missing[:] = [k for k in missing if ".few_step." not in f".{k}"]
+
+
 class FlowHead(nn.Module):
     """Rectified-flow head: ``velocity``, ``loss`` and ``sample`` (ODE solvers, CFG)."""
 
@@ -293,8 +303,12 @@ class FlowHead(nn.Module):
         self.num_sampling_steps = num_sampling_steps
         self.net = AdaLNMLP(channels, width, cond_dim, depth)
         # solver="distilled" samples with this (a minieq.few_step.FewStepNet, attached by
-        # minieq.few_step.attach); None for every trained or official head.
+        # minieq.few_step.attach); None for every trained or official head. It lives in its own
+        # file, so it is no part of the head's state dict: saving or loading a generator with one
+        # attached reads and writes exactly the keys of one without (official parity included).
         self.few_step: nn.Module | None = None
+        self.register_state_dict_post_hook(_drop_few_step_keys)
+        self.register_load_state_dict_post_hook(_few_step_keys_not_missing)
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Predicted velocity ε − x0 for x_t (M, C) at times t (M,) given conditions c (M, D)."""

@@ -311,7 +311,8 @@ class Generator(nn.Module):
             ``"constant"``: cfg everywhere.
         :param temperature: scales the initial flow noise (1.0 = official).
         :param solver: the flow head's ODE solver, one of :data:`minieq.flow.SOLVERS`
-            (``"euler"`` = official; ``python -m minieq.bench.solvers`` measures the others).
+            (``"euler"`` = official; ``python -m minieq.bench.solvers`` measures the others), or
+            ``"distilled"``: the attached few-step head (:mod:`minieq.few_step`), 1-4 calls.
         :param steps: solver steps per token (None: ``config.num_sampling_steps``).
         :param noise: (B, num_tokens, C) initial flow noise per token, for reproducible runs.
         :param prefix: (B, P, C) given first tokens; the rest is sampled (continuation).

@@ -38,6 +38,7 @@ from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint,
 from minieq.cli import parser_for, user_errors
 from minieq.data import SynthScapes
 from minieq.evaluation import evaluate_tokenizer
+from minieq.few_step import attach
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.pipeline import Pipeline
 from minieq.synthscapes import SYNTHSCAPES_CLASSES
@@ -51,6 +52,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent / "weights"
 TOKENIZER_FILE = PACKAGE_DIR / "course_tokenizer.pt"
 TEXTURED_FILE = PACKAGE_DIR / "course_tokenizer_textured.pt"
 GENERATOR_FILE = PACKAGE_DIR / "course_generator.pt"
+# The generator's few-step head (solver="distilled"): a low-rank update of its flow head,
+# distilled by `python -m minieq.distill` (minieq.few_step).
+FEW_STEP_FILE = PACKAGE_DIR / "course_few_step_head.pt"
 DECODERS = ("textured", "stage1")
 MODELS = ("tokenizer", "textured", "generator")
 
@@ -58,10 +62,11 @@ MODELS = ("tokenizer", "textured", "generator")
 def _shipped(path: Path) -> Path:
     if not path.is_file():
         model = {TOKENIZER_FILE: "tokenizer", TEXTURED_FILE: "textured"}.get(path, "generator")
+        command = (f"python -m minieq.pretrained {model} --out DIR" if path != FEW_STEP_FILE else
+                   f"python -m minieq.distill --out DIR --export {path}")
         raise CheckpointError(
             f"{path.name}: the pretrained course model is not in this installation of minieq. Make "
-            f"it with `python -m minieq.pretrained {model} --out DIR` "
-            "(docs/pretrained_models.md), or train the FAST one with minieq.course.")
+            f"it with `{command}` (docs/pretrained_models.md), or train the FAST one with minieq.course.")
     return path
 
 
@@ -78,13 +83,21 @@ def pretrained_tokenizer(device: str | torch.device | None = None, decoder: str 
     return load_checkpoint(_shipped(path), map_location=device).float().eval()
 
 
-def pretrained_generator(device: str | torch.device | None = None) -> tuple[nn.Module, float]:
+def pretrained_generator(device: str | torch.device | None = None, few_step: bool = True
+                         ) -> tuple[nn.Module, float]:
     """``(generator, latent_scale)``: the shipped course Generator, trained on the latents of
-    :func:`pretrained_tokenizer` (EMA weights, float32, eval mode)."""
+    :func:`pretrained_tokenizer` (EMA weights, float32, eval mode).
+
+    ``few_step=True`` attaches its shipped few-step head, so ``solver="distilled"`` samples in
+    1-4 head calls per token (``minieq.few_step``); it changes nothing else.
+    """
     device = torch.device(device) if device is not None else pick_device()
     path = _shipped(GENERATOR_FILE)
     scale = float(read_checkpoint(path)["latent_scale"])
-    return load_checkpoint(path, map_location=device).float().eval(), scale
+    generator = load_checkpoint(path, map_location=device).float().eval()
+    if few_step:
+        attach(generator, _shipped(FEW_STEP_FILE))
+    return generator, scale
 
 
 def pretrained_pipeline(device: str | torch.device | None = None, decoder: str = "textured") -> Pipeline:

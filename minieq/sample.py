@@ -14,7 +14,9 @@ Any width that is a multiple of the tokenizer's column width (≥ 2 columns) wor
 is trained on 16 tokens (its checkpoint says) but its windowed attention makes every length the
 same task (Fig. 5).
 ``--solver midpoint --steps 5`` samples with 10 flow-head calls per token instead of the official
-Euler's 100, at the same token error (docs/sampling_speed.md).
+Euler's 100, at the same token error; ``--solver distilled --steps 2`` with 2, by the few-step head
+distilled from the flow head (shipped for the course generator; ``--few_step FILE`` for another
+one), at Euler-100's sample FD (docs/sampling_speed.md).
 Unlike the official eval script, a missing checkpoint is an error, never random weights
 (docs/official_code.md#evaluation-script), and a batch of one image works.
 """
@@ -26,7 +28,8 @@ import sys
 import torch
 
 from minieq.cli import parser_for, user_errors
-from minieq.flow import SOLVERS
+from minieq.few_step import attach
+from minieq.flow import SAMPLERS
 from minieq import pretrained
 from minieq.pipeline import Pipeline
 from minieq.pretrained import pretrained_pipeline
@@ -71,8 +74,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg_schedule", default="linear", choices=["linear", "constant"],
                         help="guidance over the tokens (default: linear)")
     parser.add_argument("--temperature", type=float, default=1.0, help="flow-noise temperature (default: 1)")
-    parser.add_argument("--solver", default="euler", choices=SOLVERS,
-                        help="flow-head ODE solver (default: euler, the official sampler)")
+    parser.add_argument("--solver", default="euler", choices=SAMPLERS,
+                        help="flow-head ODE solver (default: euler, the official sampler), or distilled "
+                             "(the few-step head, 1-4 steps)")
+    parser.add_argument("--few_step", default=None,
+                        help="few-step head file for --solver distilled (python -m minieq.distill; "
+                             "the pretrained course generator has its own)")
     parser.add_argument("--steps", type=int, default=None,
                         help="solver steps per token (default: the generator's num_sampling_steps)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the draw (default: random)")
@@ -87,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--steps must be at least 1")
     with user_errors(parser):
         pipe = load_pipeline(args.tokenizer, args.generator, pick_device(args.device))
+        if args.few_step:
+            attach(pipe.generator, args.few_step)
         classes = args.classes or range(pipe.generator.config.num_classes)
         labels = torch.tensor(pipe.class_ids(classes)).repeat_interleave(args.per_class)  # (B,)
         images = pipe.generate(labels, width=args.width, cfg=args.cfg, cfg_schedule=args.cfg_schedule,

@@ -123,3 +123,16 @@ def test_annealed_steps_cost_per_token(monkeypatch):
     window = gen.config.cond_length  # tokens 0..window-1 ramp, the rest hold late_steps
     expected = sum(2 * annealed_steps(4, 1, k, window) for k in range(6))
     assert len(calls) == expected
+
+
+def test_an_attached_head_is_not_part_of_the_generators_weights(tmp_path):
+    from minieq.checkpoint import load_checkpoint, save_checkpoint
+    gen = _generator()
+    keys = set(gen.state_dict())
+    _distilled_file(gen, tmp_path / "fs.pt")
+    few_step.attach(gen, tmp_path / "fs.pt")
+    assert set(gen.state_dict()) == keys
+    save_checkpoint(tmp_path / "gen.pt", gen)
+    loaded = load_checkpoint(tmp_path / "gen.pt")
+    assert loaded.head.few_step is None
+    gen.load_state_dict(loaded.state_dict())  # strict: the attached head is not "missing"

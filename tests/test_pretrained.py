@@ -55,7 +55,7 @@ def test_export_of_a_generator_run_keeps_its_latent_scale(tmp_path, monkeypatch)
     out = tmp_path / "course_generator.pt"
     pretrained.export(run, out, "python -m minieq.pretrained generator", latents={"flips": True})
     monkeypatch.setattr(pretrained, "GENERATOR_FILE", out)
-    loaded, scale = pretrained.pretrained_generator(device="cpu")
+    loaded, scale = pretrained.pretrained_generator(device="cpu", few_step=False)
     assert scale == 0.25 and read_checkpoint(out)["step"] == 3
     assert read_checkpoint(out)["latents"] == {"flips": True}
     for name, value in loaded.state_dict().items():  # the EMA weights, rounded to half precision
@@ -161,3 +161,26 @@ def test_shipped_metadata_is_relative_and_uses_the_current_field_names():
         assert {k: current[k] for k in stored} == stored  # every stored field is a current one
         defaults = cls().to_dict()  # fields added since the export sit at their defaults
         assert all(current[k] == defaults[k] for k in set(current) - set(stored))
+
+
+def test_shipped_few_step_head():
+    """The few-step head ships with its recipe (the distill defaults: one command remakes it), fits
+    the shipped generator only, and its jumps still land where the teacher's solve lands: the
+    one-jump error is recomputed on fresh teacher trajectories (other seed, other images)."""
+    from minieq import distill
+    from minieq.few_step import FORMAT
+
+    blob = torch.load(pretrained.FEW_STEP_FILE, map_location="cpu", weights_only=True)
+    assert blob["format"] == FORMAT and blob["command"].startswith("python -m minieq.distill")
+    assert distill.DistillConfig.from_dict(blob["distill_config"]) == distill.DistillConfig()
+    assert all(t.dtype == torch.float16 for t in blob["state"].values())
+    gen, _ = pretrained.pretrained_generator(device="cpu")
+    assert gen.head.few_step is not None and not gen.head.few_step.training
+    recorded = blob["history"][-1]["val"]
+    cfg = distill.DistillConfig(images=16, seed=123)
+    data = distill.trajectories(gen, cfg, batch=16, log=lambda *_: None)
+    measured = distill.jump_errors(gen.head.few_step, data, slice(None), cfg)
+    for steps, error in measured.items():
+        assert error < 1.5 * recorded[steps] + 0.01, (steps, error, recorded)
+    assert measured[1] < 0.1  # a jump, not the teacher's Euler-1 (relative error 0.6)
+    assert sum(p.stat().st_size for p in SHIPPED + [pretrained.FEW_STEP_FILE]) <= MAX_PACKAGE_BYTES
