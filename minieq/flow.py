@@ -12,7 +12,8 @@ network predicts the velocity v = ε − x0, and sampling integrates dz/dt = v f
 Solvers (:data:`SOLVERS`): the official sampler is Euler with the preset's step count
 (100 in the paper). Sampling calls the head that many times per token, twice with guidance, so
 with the KV cache the head dominates; second-order solvers reach Euler-100's error with a fraction
-of the calls (error-vs-cost curve: ``python -m minieq.bench.solvers``).
+of the calls (error-vs-cost curve: ``python -m minieq.bench.solvers``), and the head runs packed
+for the ODE loop (:attr:`FlowHead.sampling_form`, :mod:`minieq.head_inference`).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from minieq.head_inference import FORMS, PackedVelocity, evaluation_times, packed
 
 # Every solver integrates from t = 1 to 0 on the uniform grid t_i = i/N (N = steps):
 # "euler"    official: z <- z - v(z, t_i)/N                                       N calls, order 1
@@ -309,6 +312,9 @@ class FlowHead(nn.Module):
         self.few_step: nn.Module | None = None
         self.register_state_dict_post_hook(_drop_few_step_keys)
         self.register_load_state_dict_post_hook(_few_step_keys_not_missing)
+        # How sample() runs the networks, minieq.head_inference.FORMS: "fp32" packed for the ODE
+        # loop (same velocity to round-off), "plain" the modules (official), "bf16" opt-in.
+        self.sampling_form = "fp32"
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         """Predicted velocity ε − x0 for x_t (M, C) at times t (M,) given conditions c (M, D)."""
@@ -362,7 +368,7 @@ class FlowHead(nn.Module):
         rows, guided = stack_rows(c, uncond), uncond is not None
         if options.solver != DISTILLED:
             steps = self.num_sampling_steps if options.steps is None else options.steps
-            velocity = GuidedVelocity(self.net, self.net.cond_embed(rows), guided, options.cfg)
+            velocity = self._velocity(self.net, self.net.cond_embed(rows), guided, options.cfg, options.solver, steps)
             return integrate(velocity, z, options.solver, steps)
         if self.few_step is None:
             raise ValueError("solver='distilled' needs a few-step head: minieq.few_step.attach(generator, "
@@ -370,4 +376,12 @@ class FlowHead(nn.Module):
         # Guidance is an input of the few-step head (it learned the guided jump); unguided rows see 1.
         steps = self.few_step.check_call(options.steps, options.cfg if guided else 1.0)
         y_cond = self.few_step.condition(rows, 1.0 / steps, options.cfg if guided else 1.0)
-        return integrate(GuidedVelocity(self.few_step, y_cond, guided, options.cfg), z, "euler", steps)
+        return integrate(self._velocity(self.few_step, y_cond, guided, options.cfg, "euler", steps), z, "euler", steps)
+
+    def _velocity(self, net: AdaLNMLP, y_cond, guided: bool, cfg: float, solver: str, steps: int):
+        """One token's velocity for :func:`integrate`, in :attr:`sampling_form`."""
+        if self.sampling_form not in FORMS:
+            raise ValueError(f"sampling_form must be one of {FORMS}, got {self.sampling_form!r}")
+        if self.sampling_form == "plain":
+            return GuidedVelocity(net, y_cond, guided, cfg)
+        return PackedVelocity(packed(net, self.sampling_form), y_cond, guided, cfg, evaluation_times(solver, steps))

@@ -34,6 +34,20 @@ def parity_dir() -> Path:
     return path
 
 
+@pytest.fixture
+def head_call_rows(monkeypatch) -> list[int]:
+    """Records the rows of every velocity-network call of the flow head, in either sampling form
+    (``FlowHead.sampling_form``: the plain modules or the packed head)."""
+    from minieq.flow import AdaLNMLP
+    from minieq.head_inference import PackedHead
+
+    rows = []
+    for cls, name in ((AdaLNMLP, "forward_embedded"), (PackedHead, "__call__")):
+        real = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda self, x, *a, real=real: rows.append(x.shape[0]) or real(self, x, *a))
+    return rows
+
+
 MICRO_SCALE = 0.3  # latent scale of the micro pipeline
 
 

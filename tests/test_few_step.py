@@ -6,7 +6,7 @@ import torch
 
 from minieq import distill, few_step
 from minieq.checkpoint import CheckpointError
-from minieq.flow import AdaLNMLP, SamplingOptions
+from minieq.flow import SamplingOptions
 from minieq.generator import Generator, GeneratorConfig
 from minieq.generator_sampling import annealed_steps
 
@@ -43,13 +43,12 @@ def test_untrained_student_is_the_teachers_euler(tmp_path):
 
 @pytest.mark.parametrize("cfg", [1.0, 3.0])
 @pytest.mark.parametrize("steps", [1, 2, 4])
-def test_one_head_call_per_step_with_guided_rows(tmp_path, monkeypatch, cfg, steps):
+def test_one_head_call_per_step_with_guided_rows(tmp_path, head_call_rows, cfg, steps):
     gen = _generator()
     _distilled_file(gen, tmp_path / "fs.pt")
     few_step.attach(gen, tmp_path / "fs.pt")
-    rows = []
-    original = AdaLNMLP.forward_embedded
-    monkeypatch.setattr(AdaLNMLP, "forward_embedded", lambda self, x, t, y: rows.append(x.shape[0]) or original(self, x, t, y))
+    rows = head_call_rows
+    rows.clear()  # count the sampling calls only, not the distillation's
     gen.sample(torch.tensor([1, 2, 5]), 5, cfg=cfg, cfg_schedule="constant", solver="distilled", steps=steps)
     assert len(rows) == 5 * steps  # one call per step and token
     assert set(rows) == {6 if cfg != 1.0 else 3}  # guidance doubles the rows, not the calls
@@ -114,11 +113,9 @@ def test_annealed_steps_ramp_then_hold():
         SamplingOptions(late_steps=2)
 
 
-def test_annealed_steps_cost_per_token(monkeypatch):
+def test_annealed_steps_cost_per_token(head_call_rows):
     gen = _generator()
-    calls = []
-    original = AdaLNMLP.forward_embedded
-    monkeypatch.setattr(AdaLNMLP, "forward_embedded", lambda self, x, t, y: calls.append(1) or original(self, x, t, y))
+    calls = head_call_rows
     gen.sample(torch.tensor([0]), 6, options=SamplingOptions(solver="midpoint", steps=4, late_steps=1))
     window = gen.config.cond_length  # tokens 0..window-1 ramp, the rest hold late_steps
     expected = sum(2 * annealed_steps(4, 1, k, window) for k in range(6))

@@ -10,11 +10,12 @@ the same at 100) with guidance, in four versions measured side by side in one pr
 * "two calls": the conditional and the null rows as two network calls per step;
 * "+ embed once": ``cond_embed`` once per token, still ``torch.full``/``torch.cat`` per step;
 * "now": :meth:`minieq.flow.FlowHead.sample` (embedding once per token, one batched call,
-  preallocated t and input buffers, in-place updates).
+  preallocated t and input buffers, in-place updates) with the plain modules
+  (``sampling_form="plain"``; the packed head, the default since: ``python -m minieq.bench.head_profile``).
 Roofline: FLOPs of one head call counted by ``torch.utils.flop_counter`` at the exact shapes,
 divided by the measured time per call, next to a chain of plain ``F.linear`` calls (matmul +
 bias, what each ``nn.Linear`` computes) with the head's layer shapes at the same rows (and at 512
-rows, this CPU's compute peak) and the weight bytes streamed.
+rows, this CPU's compute peak) and the weight bytes streamed, for the plain modules' call too.
 
 Clock: on the CPU the benchmarks read the process's CPU time (``time.process_time``; run them with
 one thread, ``OMP_NUM_THREADS=1``), so time spent waiting for a shared core is not counted.
@@ -77,6 +78,7 @@ VERSIONS = {"before": _before, "two calls": _two_calls, "+ embed once": _embed_o
 @torch.no_grad()
 def cheap_wins(head: FlowHead, batch: int, steps: int, repeats: int, cfg: float = 3.0) -> dict[str, float]:
     """Seconds per token of each loop version (interleaved repeats, the minimum kept)."""
+    head.sampling_form = "plain"  # the loop's own wins; the packed head: minieq.bench.head_profile
     c, u, z = _inputs(head, batch)
     outputs = {name: fn(head, z, c, u, cfg, 2) for name, fn in VERSIONS.items()}  # warm-up
     for name, out in outputs.items():  # all versions compute the same thing
@@ -117,11 +119,18 @@ def _matmul_seconds(shapes, repeats: int = 20) -> float:
 
 def _copy_bandwidth(nbytes: int = 256 * 2**20) -> float:
     """Bytes per second of a large tensor copy (read + write counted), this machine's DRAM."""
-    src = torch.empty(nbytes // 4)
+    # Filled, not torch.empty: untouched pages all map the one zero page, which the cache serves.
+    src = torch.ones(nbytes // 4)
     dst = torch.empty_like(src)
     dst.copy_(src)
     best = min(_timed(lambda: dst.copy_(src)) for _ in range(5))
     return 2 * nbytes / best
+
+
+def _read_bandwidth(nbytes: int = 256 * 2**20) -> float:
+    """Bytes per second of reading a large tensor (a sum), what a call's weight stream can reach."""
+    src = torch.ones(nbytes // 4)
+    return nbytes / min(_timed(src.sum) for _ in range(5))
 
 
 def _timed(fn) -> float:
@@ -134,6 +143,7 @@ def _timed(fn) -> float:
 def roofline(head: FlowHead, batch: int, steps: int = 20, peak_rows: int = 512, cfg: float = 3.0) -> dict:
     """GFLOP/s of the guided head loop vs a plain matmul chain at the same shapes (2·batch rows)."""
     rows = 2 * batch  # conditional + null rows in one call
+    head.sampling_form = "plain"  # every call streams all weights (the packed form: bench.head_profile)
     c, u, z = _inputs(head, batch)
     counted = []
     for n in (1, 2):  # the difference of two step counts is one call (cond_embed is per token)
