@@ -11,7 +11,8 @@ token's guided solve (``--solver``, default midpoint-5, cfg 3) runs on R rows (2
 * per operation: every aten op of the solve timed under a ``TorchDispatchMode`` and grouped by
   layer (the matmuls, recognised by their bias tensor) or by op (LayerNorm, SiLU, elementwise,
   layout conversions); "outside the ops" is the solve's unprofiled time minus the ops' time
-  (Python and dispatch);
+  (Python and dispatch; a few percent either way is the timer's noise: each op time is less the
+  timer's measured cost, and the machine's load moves both);
 * weight bytes read per call (each matmul's weight, summed over the solve / calls) and the
   GB/s they make, beside this machine's large-copy and read-only bandwidths.
 ``--error`` measures the forms' token error on the pretrained course generator (real conditions,
@@ -117,23 +118,36 @@ def _solve(head: FlowHead, batch: int, solver: str, steps: int):
 
 @torch.no_grad()
 def profile(head: FlowHead, batch: int, solver: str = "midpoint", steps: int = 5, repeats: int = 3) -> dict:
-    """Per form: seconds per head call, per-op-group seconds per call, weight bytes read per call."""
+    """Per form: seconds per head call, per-op-group seconds per call, weight bytes read per call.
+
+    Each repeat times every form once, plainly and under the op timer (interleaved, so a busy
+    moment of the machine hits every form); each time and each op group keeps its minimum."""
     calls = head_calls(solver, steps)
     groups, overhead = layer_groups(head), timer_overhead()
-    out = {}
+    solves = {}
     for form in FORMS:
         head.sampling_form = form
-        solve = _solve(head, batch, solver, steps)
-        solve()  # warm-up: packs the head, allocates
-        timer = OpTimer(groups, overhead)
-        with timer:
-            for _ in range(repeats):
+        solves[form] = _solve(head, batch, solver, steps)
+        solves[form]()  # warm-up: allocations
+    seconds = {form: float("inf") for form in FORMS}
+    ops = {form: defaultdict(lambda: float("inf")) for form in FORMS}
+    weight_bytes = {}
+    for _ in range(repeats):
+        for form, solve in solves.items():
+            head.sampling_form = form
+            seconds[form] = min(seconds[form], _timed(solve) / calls)
+            timer = OpTimer(groups, overhead)
+            with timer:
                 solve()
-        seconds = min(_timed(solve) for _ in range(repeats)) / calls
-        ops = {k: v / repeats / calls for k, v in timer.seconds.items()}
-        ops["outside the ops (Python, dispatch)"] = seconds - sum(ops.values())
-        out[form] = dict(seconds=seconds, ops=ops, weight_bytes=timer.weight_bytes / repeats / calls)
+            for name, value in timer.seconds.items():
+                ops[form][name] = min(ops[form][name], value / calls)
+            weight_bytes[form] = timer.weight_bytes / calls
     head.sampling_form = "fp32"
+    out = {}
+    for form in FORMS:
+        groups_ms = dict(ops[form])
+        groups_ms["outside the ops (Python, dispatch)"] = seconds[form] - sum(groups_ms.values())
+        out[form] = dict(seconds=seconds[form], ops=groups_ms, weight_bytes=weight_bytes[form])
     return out
 
 
@@ -214,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", type=int, nargs="+", default=[2, 16, 64],
                         help="rows per head call (even: batch x 2 with guidance)")
     parser.add_argument("--solver", type=_setting, default=("midpoint", 5), help="SOLVER:STEPS of the timed solve")
-    parser.add_argument("--repeats", type=int, default=3, help="timed solves per form (minimum kept)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed solves per form (minimum kept)")
     parser.add_argument("--error", action="store_true", help="also the forms' token error on the course generator")
     args = parser.parse_args(argv)
     head = build_head(args.preset)
