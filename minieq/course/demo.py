@@ -204,7 +204,7 @@ def load_pretrained(device) -> tuple | None:
     """``(tokenizer, generator, latent_scale)`` shipped with minieq, or None (reason printed)."""
     try:
         tok = shipped.pretrained_tokenizer(device)
-        gen, scale = shipped.pretrained_generator(device)
+        gen, scale = shipped.pretrained_generator(device, few_step=False)  # the demo samples with --solver
     except CheckpointError as err:
         print(f"[pretrained] not available, showing the from-scratch models only: {err}")
         return None
