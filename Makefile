@@ -6,7 +6,7 @@ STAMP := $(VENV)/.minieq-installed
 export MPLBACKEND := Agg
 export PYTHONHASHSEED := 0
 
-.PHONY: setup demo lab test test-lib test-notebooks clean
+.PHONY: setup demo lab test test-lib test-notebooks test-full-smoke clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,14 +26,22 @@ LAB_FLAGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 lab: setup
 	$(BIN)/jupyter lab notebooks $(LAB_FLAGS)
 
-test: test-lib test-notebooks
+test: test-lib test-notebooks test-full-smoke
 
 test-lib: setup
 	$(BIN)/python -m pytest tests
 
 # The solution notebooks in FAST mode; each loads what an earlier one trained (runs/course/).
 test-notebooks: setup
-	MINIEQ_FAST=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+	MINIEQ_FAST=1 MINIEQ_SMOKE=0 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+
+# Full mode (the 128-px course_gpu models) on the CPU under MINIEQ_SMOKE=1: every training capped
+# to a few steps at a small batch, every sample / FD count and strip to a few (minieq.course), so
+# each path only full mode takes runs, in minutes. Nothing is stored: nbval leaves the notebooks
+# as they are, and the SMOKE models go to runs/course/full-smoke and runs/demo-smoke/models/full-smoke.
+test-full-smoke: setup
+	MINIEQ_FAST=0 MINIEQ_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+	MINIEQ_SMOKE=1 $(BIN)/python -m minieq.course.demo --full --out runs/demo-smoke
 
 clean:
 	rm -rf runs .pytest_cache

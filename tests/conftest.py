@@ -19,6 +19,12 @@ def _seed():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_smoke(monkeypatch):
+    """The unit tests see the real recipes even where MINIEQ_SMOKE is set (tests that need it set it)."""
+    monkeypatch.delenv("MINIEQ_SMOKE", raising=False)
+
+
 @pytest.fixture
 def repo_root() -> Path:
     return REPO

@@ -11,19 +11,30 @@ CPU minutes: the trainers' ``fast`` presets. ``MINIEQ_FAST=0`` is full mode, the
 ``course_gpu`` presets (meant for a GPU, also fine on a CPU overnight). The two modes never share
 files: each has its own run folder (:func:`course_dir`), and a model trained with the other
 mode's recipe is refused with a clear error instead of being reused.
+
+SMOKE (``MINIEQ_SMOKE=1``, read by :func:`is_smoke` and nowhere else) is the course's smoke test,
+for CI: every training the notebooks and the demo run is capped to a few steps at a small batch
+(:func:`smoke_recipe`), and every sample, FD or evaluation count and every long strip to a few
+images or tokens (:func:`cap`), so that the notebooks run in full mode on a CPU in minutes and
+every path that only full mode takes is executed. Each cap prints a ``SMOKE: capped ...`` line.
+What SMOKE trains is not a result: it lives in its own folders (``full-smoke``, ``fast-smoke``:
+:func:`course_dir`), its recorded recipe is not the mode's (so :func:`_check_recipe` refuses it
+anywhere else), and the notebooks' claims about trained models are not checked (:func:`claim`).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
 import torch
 
+from minieq import pretrained
 from minieq.cache_latents import cache_latents
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from minieq.data import SynthScapes
 from minieq.generator_data import TRAIN_TOKENS
-from minieq.pretrained import pretrained_generator, pretrained_pipeline, pretrained_tokenizer  # noqa: F401 (public API)
+from minieq.pretrained import pretrained_tokenizer  # noqa: F401 (public API)
 from minieq.train_generator import GeneratorTrainConfig
 from minieq.train_generator import train as train_generator
 from minieq.train_tokenizer import HALF_WIDTH, TokenizerTrainConfig
@@ -50,6 +61,21 @@ COURSE_TOKENIZER = HALF_WIDTH
 MODE_PRESETS = {True: "fast", False: "course_gpu"}
 
 
+# SMOKE's caps: a few optimizer steps of a few images, enough to run every line of a training run.
+SMOKE_STEPS = 3
+SMOKE_BATCH = 2
+SMOKE_IMAGES = 16
+SMOKE_SAMPLING_STEPS = 2  # Euler steps per token of a SMOKE generator (the course_gpu model: 50)
+_ANNOUNCED: set[str] = set()  # SMOKE lines printed once per process
+
+
+def _announce(line: str) -> None:
+    """Print a SMOKE line the first time only: the course helpers ask for a recipe or a model often."""
+    if line not in _ANNOUNCED:
+        _ANNOUNCED.add(line)
+        print(line)
+
+
 def is_fast(fast: bool | None = None) -> bool:
     """``fast`` if given, else ``$MINIEQ_FAST`` ("0" means full mode; unset means FAST)."""
     if fast is not None:
@@ -57,9 +83,99 @@ def is_fast(fast: bool | None = None) -> bool:
     return os.environ.get("MINIEQ_FAST", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+def is_smoke() -> bool:
+    """``$MINIEQ_SMOKE`` is set (to anything but "", "0", "false", "no", "off"): the smoke test.
+
+    The one place that reads the switch; see the module docstring for what it changes.
+    """
+    return os.environ.get("MINIEQ_SMOKE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def cap(value, smoke_value, what: str):
+    """``value``; under SMOKE ``smoke_value`` instead (the smaller one where both are numbers),
+    announced as ``SMOKE: capped <what>: <value> -> <smoke_value>``.
+
+    For counts of images, samples, strips, steps and lengths, e.g.
+    ``fd_images = course.cap(64 if FAST else 512, 8, "FD images")``.
+    """
+    if not is_smoke():
+        return value
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (value, smoke_value))
+    capped = min(value, smoke_value) if numbers else smoke_value
+    if capped != value:
+        print(f"SMOKE: capped {what}: {value} -> {capped}")
+    return capped
+
+
+def claim(condition, message="") -> None:
+    """``assert condition, message`` for a claim about trained models or measured statistics.
+
+    Under SMOKE the models trained a few steps and the counts are a few images, so such a claim
+    means nothing: a failing one prints ``SMOKE: claim not checked: <message>`` instead of
+    failing. Contract, shape and parity checks stay plain ``assert``s.
+    """
+    if condition:
+        return
+    if is_smoke():
+        print(f"SMOKE: claim not checked: {message}")
+        return
+    raise AssertionError(message)
+
+
+def smoke_recipe(cfg):
+    """A :class:`TokenizerTrainConfig` or :class:`GeneratorTrainConfig` capped for SMOKE
+    (``cfg`` itself otherwise): :data:`SMOKE_STEPS` steps of :data:`SMOKE_BATCH` on at most
+    :data:`SMOKE_IMAGES` images, logged every step and saved at the end, a sample grid only at
+    the end, and the generator's flow head sampling with :data:`SMOKE_SAMPLING_STEPS` Euler
+    steps. The model sizes stay the mode's, so SMOKE runs the full-mode models' code.
+    """
+    if not is_smoke():
+        return cfg
+    steps = min(cfg.steps or SMOKE_STEPS, SMOKE_STEPS)
+    changes = dict(steps=steps, batch_size=min(cfg.batch_size, SMOKE_BATCH), log_every=1,
+                   save_every=steps, num_workers=0)
+    if isinstance(cfg, TokenizerTrainConfig):
+        changes.update(num_images=min(cfg.num_images, SMOKE_IMAGES), image_every=0)
+    else:
+        changes.update(synth_images=min(cfg.synth_images, SMOKE_IMAGES), sample_every=0,
+                       model_overrides={**cfg.model_overrides, "num_sampling_steps": SMOKE_SAMPLING_STEPS})
+    line = f"SMOKE: capped the {type(cfg).__name__} recipe: " + ", ".join(
+        f"{k} {getattr(cfg, k)} -> {v}" for k, v in changes.items()
+        if k in ("steps", "batch_size", "num_images", "synth_images") and getattr(cfg, k) != v)
+    if "sample_every" in changes:
+        line += f", sampling with {SMOKE_SAMPLING_STEPS} Euler steps per token"
+    _announce(line)
+    return dataclasses.replace(cfg, **changes)
+
+
+def smoke_sampling(generator):
+    """``generator``; under SMOKE its flow head samples with :data:`SMOKE_SAMPLING_STEPS` solver
+    steps per token (its config's ``num_sampling_steps`` too), the sampling cost of a few images."""
+    steps = generator.config.num_sampling_steps
+    if is_smoke() and steps > SMOKE_SAMPLING_STEPS:
+        _announce(f"SMOKE: capped the flow head's steps per sampled token: {steps} -> {SMOKE_SAMPLING_STEPS}")
+        generator.config.num_sampling_steps = generator.head.num_sampling_steps = SMOKE_SAMPLING_STEPS
+    return generator
+
+
+def pretrained_generator(device: str | torch.device | None = None):
+    """:func:`minieq.pretrained.pretrained_generator` (``(generator, latent_scale)``), sampling
+    with fewer steps under SMOKE (:func:`smoke_sampling`)."""
+    generator, scale = pretrained.pretrained_generator(device)
+    return smoke_sampling(generator), scale
+
+
+def pretrained_pipeline(device: str | torch.device | None = None, decoder: str = "textured"):
+    """:func:`minieq.pretrained.pretrained_pipeline`, sampling with fewer steps under SMOKE."""
+    pipe = pretrained.pretrained_pipeline(device, decoder)
+    smoke_sampling(pipe.generator)
+    return pipe
+
+
 def course_dir(fast: bool | None = None, root: str | os.PathLike = "runs/course") -> Path:
-    """``root/fast`` or ``root/full``: FAST and full-mode artifacts never share a folder."""
-    return Path(root) / ("fast" if is_fast(fast) else "full")
+    """``root/fast`` or ``root/full``: FAST and full-mode artifacts never share a folder; under
+    SMOKE ``root/fast-smoke`` or ``root/full-smoke``, so no real run ever finds a SMOKE model."""
+    return Path(root) / (("fast" if is_fast(fast) else "full") + ("-smoke" if is_smoke() else ""))
 
 
 # Where a run's files live, not what it learns: left out when two recipes are compared.
@@ -78,21 +194,22 @@ def _check_recipe(path: Path, expected, fast: bool | None) -> None:
     differ = sorted(k for k, v in expected.to_dict().items()
                     if k not in _LOCATION_FIELDS and stored.get(k) != v)
     if differ:
-        mode = "FAST" if is_fast(fast) else "full"
+        mode = ("FAST" if is_fast(fast) else "full") + (" SMOKE" if is_smoke() else "")
         raise CheckpointError(
             f"{path} was trained with another recipe than {mode} mode's (fields {differ} differ), "
             f"e.g. the other mode's; use that mode, another run folder, or retrain=True.")
 
 
 def scratch_tokenizer_config(fast: bool | None = None) -> TokenizerTrainConfig:
-    """The recipe of the course's from-scratch tokenizer: the mode's preset (:data:`MODE_PRESETS`)."""
-    return TokenizerTrainConfig.preset(MODE_PRESETS[is_fast(fast)])
+    """The recipe of the course's from-scratch tokenizer: the mode's preset (:data:`MODE_PRESETS`),
+    capped under SMOKE (:func:`smoke_recipe`)."""
+    return smoke_recipe(TokenizerTrainConfig.preset(MODE_PRESETS[is_fast(fast)]))
 
 
 def scratch_generator_config(fast: bool | None = None, **paths) -> GeneratorTrainConfig:
     """The recipe of the course's from-scratch generator: the mode's preset
-    (:data:`MODE_PRESETS`); ``paths`` sets ``latents`` and ``tokenizer``."""
-    return GeneratorTrainConfig.preset(MODE_PRESETS[is_fast(fast)], **paths)
+    (:data:`MODE_PRESETS`), capped under SMOKE; ``paths`` sets ``latents`` and ``tokenizer``."""
+    return smoke_recipe(GeneratorTrainConfig.preset(MODE_PRESETS[is_fast(fast)], **paths))
 
 
 def scratch_tokenizer(run_dir: str | os.PathLike | None = None, fast: bool | None = None,
@@ -163,4 +280,4 @@ def scratch_generator(tokenizer=None, latents_path: str | os.PathLike | None = N
         save_checkpoint(path, gen, latent_scale=ckpt["latent_scale"], train_config=cfg.to_dict(),
                         train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS))
     scale = float(read_checkpoint(path)["latent_scale"])
-    return load_checkpoint(path, map_location=device), scale
+    return smoke_sampling(load_checkpoint(path, map_location=device)), scale

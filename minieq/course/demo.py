@@ -18,6 +18,8 @@ models trained **from scratch** here in a few CPU minutes.
 
 FAST models land in ``<out>/models/fast`` and are reused by the next run; ``summary.json``
 holds the measured numbers. Usage: ``python -m minieq.course.demo --out runs/demo``.
+Under ``MINIEQ_SMOKE=1`` (:mod:`minieq.course`) every training, image count and strip is capped
+(the CI runs ``--full`` that way, in about a minute); its models go to ``<out>/models/*-smoke``.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ from PIL import Image
 from minieq import pretrained as shipped  # module attributes: a test points them elsewhere
 from minieq.analysis import seam_score
 from minieq.checkpoint import CheckpointError, read_checkpoint
-from minieq.course import scratch_generator, scratch_latents, scratch_tokenizer
+from minieq.course import (cap, course_dir, scratch_generator, scratch_latents, scratch_tokenizer,
+                           smoke_sampling)
 from minieq.data import SynthScapes
 from minieq.evaluation import PCACodec, evaluate_tokenizer, heldout_images
 from minieq.flow import SOLVERS
@@ -208,7 +211,7 @@ def load_pretrained(device) -> tuple | None:
     except CheckpointError as err:
         print(f"[pretrained] not available, showing the from-scratch models only: {err}")
         return None
-    return tok, gen, scale
+    return tok, smoke_sampling(gen), scale
 
 
 def compare_figure(out_dir: Path, name: str, labels: dict[str, str]) -> Path:
@@ -235,8 +238,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     seed_everything(args.seed)
     out, fast = args.out, not args.full
-    sampler = {"solver": args.solver, "steps": args.steps}
-    models = out / "models" / ("fast" if fast else "full")
+    # MINIEQ_SMOKE=1 (minieq.course): a few images and short strips; its models in models/*-smoke.
+    sampler = {"solver": args.solver, "steps": cap(args.steps, 1, "solver steps per token")}
+    fd_images, num_images = cap(args.fd_images, 8, "FD images"), cap(64, 8, "held-out images")
+    per_class, long_factors = cap(4, 1, "samples per class"), cap((8, 64), (2, 16), "long-strip widths")
+    models = course_dir(fast, out / "models")
     device = pick_device()
     timings = {}
 
@@ -266,10 +272,11 @@ def main(argv=None) -> dict:
 
     summary = {"sampler": sampler, "models": {name: {"label": label} for name, label in labels.items()}}
     cfg = tokenizers["scratch"].config
-    pca = stage("pca", lambda: fit_column_pca(cfg, 16 * cfg.column_width, args.seed))  # fitted once, used twice
+    pca = stage("pca", lambda: fit_column_pca(cfg, 16 * cfg.column_width, args.seed,  # fitted once, used twice
+                                              num_images=cap(1024, 16, "PCA images")))
     for name, tok in tokenizers.items():
         rec = stage(f"reconstruction {name}", lambda: run_tokenizer_demo(
-            tok, out, seed=args.seed, tag=f"_{name}", pca=pca if name == "scratch" else None,
+            tok, out, num_images, seed=args.seed, tag=f"_{name}", pca=pca if name == "scratch" else None,
             label=labels[name]))
         if name == "scratch":
             summary["baselines"] = {k: rec.pop(k) for k in list(rec) if k.startswith("baseline_")}
@@ -289,20 +296,36 @@ def main(argv=None) -> dict:
     for name, pipe in pipes.items():
         # Long strips from the default model only (the pretrained one when shipped): the 64×
         # strips cost 40+ s on a CPU, and make demo has to stay within minutes.
-        factors = (8, 64) if name == next(iter(pipes)) else ()
+        factors = long_factors if name == next(iter(pipes)) else ()
         summary["models"][name].update(stage(f"sampling {name}", lambda: run_sampling_demo(
-            pipe, out, cfg=args.cfg, seed=args.seed, tag=f"_{name}", long_factors=factors, **sampler)))
+            pipe, out, cfg=args.cfg, per_class=per_class, seed=args.seed, tag=f"_{name}",
+            long_factors=factors, **sampler)))
         summary["models"][name]["latent_scale"] = pipe.latent_scale
     for figure in ("reconstructions", "samples_by_class", "regeneration"):
         compare_figure(out, figure, labels)
     # The token-by-token frames side by side, one column per model (a few decodes each).
-    save_token_by_token({labels[name]: token_by_token(tok, seed=args.seed) for name, tok in tokenizers.items()},
-                        out / "token_by_token.png")
+    save_token_by_token({labels[name]: token_by_token(tok, num_images, seed=args.seed)
+                         for name, tok in tokenizers.items()}, out / "token_by_token.png")
 
-    fd = stage("fd", lambda: run_fd_demo(tokenizers, pipes, pca, args.fd_images, cfg=args.cfg, seed=args.seed,
-                                          **sampler))
+    def fd_tables() -> dict:
+        # One table per image size, each with its own floor and PCA codec: in full mode the
+        # from-scratch models make 128-px images, the pretrained ones 32-px images.
+        heights = {name: tok.config.image_height for name, tok in tokenizers.items()}
+        scores = {}
+        for height in dict.fromkeys(heights.values()):
+            names = [name for name in tokenizers if heights[name] == height]
+            own = tokenizers[names[0]].config
+            family_pca = pca if height == cfg.image_height else fit_column_pca(
+                own, 16 * own.column_width, args.seed, num_images=cap(1024, 16, "PCA images"))
+            table = run_fd_demo({n: tokenizers[n] for n in names}, {n: pipes[n] for n in names}, family_pca,
+                                fd_images, cfg=args.cfg, seed=args.seed, **sampler)
+            size = "" if len(set(heights.values())) == 1 else f", {height} px"
+            scores.update({name + size: v for name, v in table.items()})
+        return scores
+
+    fd = stage("fd", fd_tables)
     summary["fd_lite0"] = fd
-    print(f"[fd] offline Fréchet distance / KID to {args.fd_images} training renders, {args.fd_images} "
+    print(f"[fd] offline Fréchet distance / KID to {fd_images} training renders, {fd_images} "
           "images per set, on EfficientNet-Lite0 features (NOT comparable with published FID numbers):")
     for name, v in fd.items():
         print(f"[fd]   {name:<40} FD {v['fd_lite0']:8.2f}   KID {v['kid_lite0']:.4f} ± {v['kid_lite0_std']:.4f}")
