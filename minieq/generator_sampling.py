@@ -147,7 +147,7 @@ def sampling_loop(gen: StepModel, labels: torch.Tensor | None, given: torch.Tens
         gen.head.few_step.check_call(options.late_steps, 1.0)
     # Annealed steps ramp over the tokens whose window is not yet full: token cond_length is the
     # first to see cond_length previous tokens (full attention: its window never fills, ramp over N).
-    full_context = max(1, gen.config.window) if gen.config.window else N
+    full_context = gen.config.window or N
     with eval_mode(gen):  # sampling is eval behaviour: no dropout, no position shift
         class_vec = gen.class_vectors(labels, B)  # (B, D)
         if guided:

@@ -16,7 +16,7 @@ same task (Fig. 5).
 ``--solver midpoint --steps 5`` samples with 10 flow-head calls per token instead of the official
 Euler's 100, at the same token error; ``--solver distilled --steps 2`` with 2, by the few-step head
 distilled from the flow head (shipped for the course generator; ``--few_step FILE`` for another
-one), at Euler-100's sample FD (docs/sampling_speed.md).
+one), its samples at the edge of Euler-100's FD noise band (docs/sampling_speed.md).
 Unlike the official eval script, a missing checkpoint is an error, never random weights
 (docs/official_code.md#evaluation-script), and a batch of one image works.
 """
