@@ -2,6 +2,7 @@
 
     python -m minieq.distill --out runs/distill      # the course generator: ~30 CPU minutes
     python -m minieq.distill --out runs/distill --export minieq/weights/course_few_step_head.pt
+    python -m minieq.distill --out runs/distill_s --generator S_RUN/generator.pt --device cuda   # any preset
 
 Shape legend: M rows (tokens x noise draws), C token channels, D transformer width, G grid steps.
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,9 +32,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from minieq.checkpoint import atomic_torch_save, load_checkpoint
 from minieq.config import ConfigBase
-from minieq.few_step import FewStepNet, add_low_rank, export, merge_low_rank
+from minieq.few_step import FewStepNet, add_low_rank, export
 from minieq.flow import FlowHead, GuidedVelocity, stack_rows
+from minieq.pretrained import GENERATOR_FILE, pretrained_generator
 from minieq.utils import eval_mode, pick_device
 
 
@@ -130,7 +134,8 @@ def jump_batch(data: dict, idx: torch.Tensor, cfg: DistillConfig, g: torch.Gener
 def jump_errors(student: FewStepNet, data: dict, rows: slice, cfg: DistillConfig) -> dict[int, float]:
     """Relative RMS error of the student's N-step samples against the teacher's end points,
     per N: |x_student − x_teacher| / |x_teacher| over ``rows``."""
-    path, c, u, s = (data[k][rows] for k in ("path", "c", "u", "s"))
+    device = next(student.parameters()).device
+    path, c, u, s = (data[k][rows].to(device) for k in ("path", "c", "u", "s"))
     errors = {}
     for n in cfg.step_counts:
         z = path[:, cfg.grid].clone()
@@ -146,6 +151,7 @@ def train(teacher: FlowHead, data: dict, cfg: DistillConfig, log=print) -> tuple
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed + 1)
     student = FewStepNet.from_head(teacher, cfg.step_counts, cfg.cfg_max).float().train()
+    device = next(student.parameters()).device
     params = add_low_rank(student, cfg.rank)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     schedule = lambda step: min(1.0, (step + 1) / cfg.warmup) * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps)))
@@ -157,8 +163,9 @@ def train(teacher: FlowHead, data: dict, cfg: DistillConfig, log=print) -> tuple
     log(f"step 0: student = teacher Euler-N, relative error vs the teacher {history[-1]['val']}")
     for step in range(1, cfg.steps + 1):
         idx = torch.randint(cfg.val_rows, n_rows, (cfg.batch_size,), generator=g)
-        z, t, d, target = jump_batch(data, idx, cfg, g)
-        pred = guided_jump(student, z, t.float(), d.float(), data["c"][idx], data["u"][idx], data["s"][idx])
+        z, t, d, target = (x.to(device) for x in jump_batch(data, idx, cfg, g))  # the data stay on the CPU
+        c, u, s = (data[key][idx].to(device) for key in ("c", "u", "s"))
+        pred = guided_jump(student, z, t.float(), d.float(), c, u, s)
         loss = F.mse_loss(pred, target)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}")
@@ -182,14 +189,20 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", required=True, help="run folder (trajectories cache, student, log)")
     parser.add_argument("--export", default=None, help="also write the shipped few-step file here")
+    parser.add_argument("--generator", type=Path, default=None,
+                        help="generator checkpoint to distil (default: the shipped course generator); any "
+                             "preset, e.g. a paper-size S generator on a GPU")
     parser.add_argument("--device", default=None)
     for field, value in DistillConfig().to_dict().items():
         if not isinstance(value, (list, tuple)):
             parser.add_argument(f"--{field}", type=type(value), default=value)
     args = parser.parse_args(argv)
     cfg = DistillConfig(**{k: getattr(args, k) for k in DistillConfig().to_dict() if hasattr(args, k)})
-    from minieq.pretrained import pretrained_generator
-    gen, _ = pretrained_generator(pick_device(args.device), few_step=False)
+    device = pick_device(args.device)
+    if args.generator is None or args.generator == GENERATOR_FILE:
+        gen, _ = pretrained_generator(device, few_step=False)
+    else:
+        gen = load_checkpoint(args.generator, map_location=device).float().eval()
     gen.requires_grad_(False)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,14 +211,13 @@ def main(argv: list[str] | None = None) -> dict:
         data = torch.load(cache, weights_only=True)
     else:
         data = trajectories(gen, cfg)
-        torch.save(data, cache)
+        atomic_torch_save(data, cache)
     student, history = train(gen.head, data, cfg)
     recipe = {"distill_config": cfg.to_dict(), "history": history,
-              "command": "python -m minieq.distill " + " ".join(argv if argv is not None else __import__("sys").argv[1:])}
+              "command": "python -m minieq.distill " + " ".join(argv if argv is not None else sys.argv[1:])}
     export(student, gen.head, out / "few_step_head.pt", cfg.rank, float(cfg.rank), **recipe)
     if args.export:
         export(student, gen.head, args.export, cfg.rank, float(cfg.rank), **recipe)
-    merge_low_rank(student)
     return recipe
 
 

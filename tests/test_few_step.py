@@ -133,3 +133,16 @@ def test_an_attached_head_is_not_part_of_the_generators_weights(tmp_path):
     loaded = load_checkpoint(tmp_path / "gen.pt")
     assert loaded.head.few_step is None
     gen.load_state_dict(loaded.state_dict())  # strict: the attached head is not "missing"
+
+
+def test_distill_command_takes_any_generator_checkpoint(tmp_path):
+    """The command that made the shipped head distils any generator (e.g. a paper-size preset on a
+    GPU) through the same code: here a tiny one, a few steps."""
+    from minieq.checkpoint import save_checkpoint
+    gen = _generator()
+    save_checkpoint(tmp_path / "gen.pt", gen)
+    distill.main(["--out", str(tmp_path / "run"), "--generator", str(tmp_path / "gen.pt"), "--device", "cpu",
+                  "--images", "8", "--num_tokens", "4", "--steps", "2", "--batch_size", "32",
+                  "--val_rows", "16", "--rank", "4"])
+    few_step.attach(gen, tmp_path / "run" / "few_step_head.pt")
+    assert gen.sample(torch.tensor([0]), 4, cfg=2.0, solver="distilled", steps=2).shape == (1, 4, gen.config.token_dim)

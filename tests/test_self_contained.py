@@ -108,7 +108,7 @@ def test_machine_path_pattern():
     for bad in (f"{root}work/main/runs/course", f"see {root}home/me/x.pt", f"({root}tmp/abc)",
                 f"'{root}root/.cache/x'", "C:\\Users\\me\\x"):
         assert MACHINE_PATH.search(bad), bad
-    for fine in ("2>/dev/null", "/usr/bin/time", "https://example.org/home/page", "--data_path /data/x",
+    for fine in (f"2>{root}dev/null", f"{root}usr/bin/time", "https://example.org/home/page", f"--data_path {root}data/x",
                  "runs/course/fast", "~/weights/vgg16.pth", "a/tmp/b"):
         assert not MACHINE_PATH.search(fine), fine
 
