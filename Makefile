@@ -33,14 +33,17 @@ test-lib: setup
 
 # The solution notebooks in FAST mode; each loads what an earlier one trained (runs/course/).
 test-notebooks: setup
-	MINIEQ_FAST=1 MINIEQ_SMOKE=0 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+	MINIEQ_FAST=1 MINIEQ_SMOKE=0 MINIEQ_OFFICIAL= $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
 
 # Full mode (the 128-px course_gpu models) on the CPU under MINIEQ_SMOKE=1: every training capped
 # to a few steps at a small batch, every sample / FD count and strip to a few (minieq.course), so
 # each path only full mode takes runs, in minutes. Nothing is stored: nbval leaves the notebooks
 # as they are, and the SMOKE models go to runs/course/full-smoke and runs/demo-smoke/models/full-smoke.
+# Notebook 08's section on the paper's release runs on small random files in the official formats,
+# converted by python -m minieq.convert_official (tests/official_format.py).
 test-full-smoke: setup
-	MINIEQ_FAST=0 MINIEQ_SMOKE=1 $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
+	$(BIN)/python tests/official_format.py runs/official-smoke
+	MINIEQ_FAST=0 MINIEQ_SMOKE=1 MINIEQ_OFFICIAL=runs/official-smoke $(BIN)/python -m pytest -p no:cacheprovider --nbval-lax --nbval-current-env solutions
 	MINIEQ_SMOKE=1 $(BIN)/python -m minieq.course.demo --full --out runs/demo-smoke
 
 clean:

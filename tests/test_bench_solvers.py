@@ -1,8 +1,8 @@
 """The solver benchmark: the error curve and the pick (values, not timings)."""
 import torch
 
-from minieq.bench.solvers import error_curve, pick_setting
-from minieq.flow import FlowHead, head_calls
+from minieq.bench.solvers import balanced_samples, error_curve, fd_check, pick_setting
+from minieq.flow import FlowHead, SamplingOptions, head_calls
 
 
 def test_error_curve_shrinks_with_steps_and_the_pick_is_the_cheapest_within_budget():
@@ -25,3 +25,19 @@ def test_error_curve_shrinks_with_steps_and_the_pick_is_the_cheapest_within_budg
     for other in tables[0]:
         if head_calls(*other) < picked["head_calls"]:
             assert any(rms[other] > rms["euler", 100] for rms in tables)
+
+
+def test_balanced_samples_cycle_the_classes_with_one_seed_per_batch(micro_pipe):
+    euler = SamplingOptions(solver="euler", steps=2, cfg=2.0)
+    images = balanced_samples(micro_pipe, 5, seed=3, options=euler, batch=2)
+    assert images.shape[0] == 5 and torch.equal(images, balanced_samples(micro_pipe, 5, 3, euler, batch=2))
+    # Labels cycle 0, 1, ...; batches [0, 1], [2, 3], [4] draw with seeds 3000, 3001, 3002: the
+    # fourth image is the second of the middle batch.
+    assert torch.equal(images[3:4], micro_pipe.generate([2, 3], options=euler, seed=3001)[1:])
+    assert not torch.equal(images, balanced_samples(micro_pipe, 5, 4, euler, batch=2))
+
+
+def test_fd_check_scores_each_setting(micro_pipe):
+    rows = fd_check(micro_pipe, [("euler", 2, 0), ("midpoint", 1, 0)], num_images=8, batch=4)
+    assert [(r["solver"], r["steps"], r["seed"]) for r in rows] == [("euler", 2, 0), ("midpoint", 1, 0)]
+    assert all(r["fd_lite0"] > 0 and r["sampling_seconds"] > 0 for r in rows)

@@ -62,3 +62,32 @@ def test_convert_mistakes_are_one_line(parity_dir, tmp_path, capsys):
             convert_official.main([*argv, "--out", str(tmp_path / "o")])
         assert exit_.value.code == 2 and message in capsys.readouterr().err, argv
     assert not (tmp_path / "o").exists()
+
+
+def test_the_converter_runs_on_official_format_files_without_the_fixtures(tmp_path, monkeypatch, capsys):
+    """The same path on small random files in the official formats (tests/official_format.py), so a
+    clean clone without the parity fixtures runs it too: the converter takes the EMA weights, and
+    the converted folder is what Pipeline.from_checkpoints and the course (notebook 08) take."""
+    from minieq import course
+    from official_format import GENERATOR_ARGS, main as write_and_convert, write_release
+
+    assert write_and_convert([str(tmp_path)]) == 0
+    raw = torch.load(tmp_path / "raw" / "places_large.pth", weights_only=False)
+    gen = load_checkpoint(tmp_path / "generator.pt")
+    for name, value in raw["model_ema"].items():
+        ours = name.replace("diffloss.net.", "head.net.")
+        assert torch.equal(gen.state_dict()[ours], value), name  # the EMA weights, not the live ones
+    assert gen.config.num_classes == GENERATOR_ARGS["class_num"] and gen.config.depth == 2
+
+    monkeypatch.delenv(course.OFFICIAL_ENV, raising=False)
+    assert course.official_dir(tmp_path) is None  # opt-in: an existing folder is not picked up by itself
+    monkeypatch.setenv(course.OFFICIAL_ENV, tmp_path.name)
+    assert course.official_dir(tmp_path.parent) == tmp_path
+    pipe = course.official_pipeline(tmp_path, device="cpu")
+    assert pipe.latent_scale == pytest.approx(0.05493) and pipe.train_width == 256 and pipe.class_names is None
+    images = pipe.generate([0, 29], width=48, cfg=7.0, solver="midpoint", steps=1, seed=0)
+    assert images.shape == (2, 3, 256, 48) and torch.isfinite(images).all()
+
+    write_release(tmp_path / "unconverted")  # official files only: the converter has not run there
+    with pytest.raises(FileNotFoundError, match="unconverted/tokenizer.pt not found: convert the release first"):
+        course.official_pipeline(tmp_path / "unconverted")

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from minieq.evaluation import heldout_images
 from minieq.experiments import write_result
+from minieq.bench.solvers import balanced_samples
 from minieq.few_step import attach
 from minieq.flow import SamplingOptions, head_calls
 from minieq.generator_data import TRAIN_TOKENS
@@ -54,12 +55,10 @@ def mean_calls(setting, num_tokens: int = TRAIN_TOKENS, window: int = 3) -> floa
 
 @torch.no_grad()
 def samples(pipe, setting, seed: int, num_images: int, batch: int = 128) -> torch.Tensor:
-    """``num_images`` class-balanced images of ``setting``; one seed per batch derived from ``seed``."""
+    """``num_images`` class-balanced images of ``setting`` (:func:`minieq.bench.solvers.balanced_samples`)."""
     solver, steps, late = setting
-    options = SamplingOptions(solver=solver, steps=steps, late_steps=late, cfg=CFG)
-    labels = torch.arange(num_images) % pipe.generator.config.num_classes
-    return torch.cat([pipe.generate(part, options=options, seed=seed * 1000 + i)
-                      for i, part in enumerate(labels.split(batch))])
+    return balanced_samples(pipe, num_images, seed, SamplingOptions(solver=solver, steps=steps, late_steps=late,
+                                                                    cfg=CFG), batch)
 
 
 def figure(pictures: dict[str, torch.Tensor], classes=SYNTHSCAPES_CLASSES) -> Figure:

@@ -28,7 +28,7 @@ from matplotlib.figure import Figure
 from minieq.checkpoint import load_checkpoint, read_checkpoint
 from minieq.evaluation import heldout_images
 from minieq.experiments import write_result
-from minieq.flow import SOLVERS, head_calls
+from minieq.flow import SOLVERS, SamplingOptions, head_calls
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.metrics import fd_kid
 from minieq.pipeline import Pipeline
@@ -127,18 +127,27 @@ def plot(curves: dict[str, dict], picked: dict, budget: tuple[str, int] = BUDGET
 
 
 @torch.no_grad()
+def balanced_samples(pipe: Pipeline, num_images: int, seed: int, options: SamplingOptions,
+                     batch: int = 128) -> torch.Tensor:
+    """``num_images`` class-balanced samples (labels 0, 1, ... cycling, like the held-out renders).
+
+    One seed per batch, derived from ``seed``, so every sampler compared at the same ``seed``
+    starts from the same noise.
+    """
+    labels = torch.arange(num_images) % pipe.generator.config.num_classes
+    return torch.cat([pipe.generate(part, options=options, seed=seed * 1000 + i)
+                      for i, part in enumerate(labels.split(batch))])
+
+
 def fd_check(pipe: Pipeline, settings: list[tuple[str, int, int]], num_images: int, cfg: float = 3.0,
              batch: int = 128) -> list[dict]:
     """Offline FD / KID vs ``num_images`` held-out renders for each (solver, steps, seed)."""
     tok = pipe.tokenizer.config
     real = heldout_images(tok.image_height, TRAIN_TOKENS * tok.column_width, num_images)
-    labels = torch.arange(num_images) % pipe.generator.config.num_classes  # balanced, like ``real``
     results = []
     for solver, steps, seed in settings:
         start = time.perf_counter()
-        # One seed per batch, derived from the setting's seed, so every solver sees the same noise.
-        fake = torch.cat([pipe.generate(part, cfg=cfg, seed=seed * 1000 + i, solver=solver, steps=steps)
-                          for i, part in enumerate(labels.split(batch))])
+        fake = balanced_samples(pipe, num_images, seed, SamplingOptions(solver=solver, steps=steps, cfg=cfg), batch)
         seconds = time.perf_counter() - start
         results.append(dict(solver=solver, steps=steps, seed=seed, sampling_seconds=seconds,
                             **fd_kid(real, fake, kid_subset_size=min(1000, num_images // 2))))

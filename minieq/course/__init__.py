@@ -20,6 +20,10 @@ every path that only full mode takes is executed. Each cap prints a ``SMOKE: cap
 What SMOKE trains is not a result: it lives in its own folders (``full-smoke``, ``fast-smoke``:
 :func:`course_dir`), its recorded recipe is not the mode's (so :func:`_check_recipe` refuses it
 anywhere else), and the notebooks' claims about trained models are not checked (:func:`claim`).
+
+The paper's released models (the 256-px tokenizer and the Places-30 large generator), converted by
+``python -m minieq.convert_official --out runs/official``, come in through :func:`official_dir`
+(``$MINIEQ_OFFICIAL``) and :func:`official_pipeline`: notebook 08 draws a panorama with them.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from minieq.cache_latents import cache_latents
 from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from minieq.data import SynthScapes
 from minieq.generator_data import TRAIN_TOKENS
+from minieq.pipeline import Pipeline
 from minieq.pretrained import pretrained_tokenizer  # noqa: F401 (public API)
 from minieq.train_generator import GeneratorTrainConfig
 from minieq.train_generator import train as train_generator
@@ -168,6 +173,39 @@ def pretrained_generator(device: str | torch.device | None = None):
 def pretrained_pipeline(device: str | torch.device | None = None, decoder: str = "textured"):
     """:func:`minieq.pretrained.pretrained_pipeline`, sampling with fewer steps under SMOKE."""
     pipe = pretrained.pretrained_pipeline(device, decoder)
+    smoke_sampling(pipe.generator)
+    return pipe
+
+
+# The folder of the converted official release; relative paths are taken from the repository root.
+OFFICIAL_ENV = "MINIEQ_OFFICIAL"
+CONVERT_HINT = ("python -m minieq.convert_official --tokenizer tokenizer.ckpt --generator places_large.ckpt "
+                "--out runs/official (README: \"The paper's released weights\")")
+
+
+def official_dir(root: str | os.PathLike = ".") -> Path | None:
+    """The folder ``$MINIEQ_OFFICIAL`` names (relative to ``root``), or None when it is unset.
+
+    Opt-in by design: the released models are 0.86 B parameters at 256 px, and a notebook's FAST
+    run must not change because a converted folder happens to exist.
+    """
+    value = os.environ.get(OFFICIAL_ENV, "").strip()
+    return Path(root) / value if value else None
+
+
+def official_pipeline(folder: str | os.PathLike, device: str | torch.device | None = None) -> Pipeline:
+    """``Pipeline.from_checkpoints(folder/tokenizer.pt, folder/generator.pt)``: the paper's released
+    models as :mod:`minieq.convert_official` writes them (official latent scale, 16 training
+    tokens, class ids 0-29), sampling with fewer steps under SMOKE (:func:`smoke_sampling`).
+
+    :raises FileNotFoundError: one line naming the missing file and the command that writes it.
+    """
+    folder = Path(folder)
+    for name in ("tokenizer.pt", "generator.pt"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder / name} not found: convert the release first, {CONVERT_HINT}")
+    device = torch.device(device) if device is not None else pick_device()
+    pipe = Pipeline.from_checkpoints(folder / "tokenizer.pt", folder / "generator.pt", device=device)
     smoke_sampling(pipe.generator)
     return pipe
 
