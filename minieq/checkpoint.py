@@ -70,23 +70,62 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra: Any) -> 
     return atomic_torch_save(payload, path)
 
 
-def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = (), mmap: bool = False) -> Any:
+class Placeholder:
+    """What a weights-only load makes of an object in a foreign training checkpoint that no
+    loader needs: a Lightning callback's state, an OmegaConf config, a path, a numpy scalar.
+
+    It is built from the pickled arguments and state without importing or running the original
+    class, so the load stays as safe as ``weights_only``; ``name`` says what it stands for.
+    """
+    name = "?"
+
+    def __new__(cls, *args, **kwargs):
+        return super().__new__(cls)
+
+    def __init__(self, *args, **kwargs):
+        self.args = args
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<placeholder for {self.name}>"
+
+
+def _placeholders(path: Path, allowed: tuple) -> list[tuple[type, str]]:
+    """One :class:`Placeholder` class per global that ``path`` names outside the allow-list."""
+    known = {f"{g.__module__}.{g.__qualname__}" for g in allowed}
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # noqa: BLE001 (not a zip checkpoint: the load itself reports the problem)
+        return []
+    return [(type(f"Placeholder[{name}]", (Placeholder,), {"name": name}), name)
+            for name in names if name not in known]
+
+
+def safe_torch_load(path: str | os.PathLike, extra_globals: tuple = (), mmap: bool = False,
+                    placeholders: bool = False) -> Any:
     """``torch.load(weights_only=True)`` with errors that name the file and the problem.
 
     ``mmap=True`` maps the tensors' storage from the file instead of reading it into RAM, so a
     file larger than memory (ImageNet latents at paper size: ~40 GB) can still be indexed.
+    ``placeholders=True`` (for official training checkpoints, whose training extras the official
+    code loads with ``weights_only=False``) reads every object outside the allow-list as an inert
+    :class:`Placeholder`; the weights must still be tensors (:func:`load_state_strict` checks).
+    Globals of the modules torch blocks outright (``os``, ``sys``) still refuse the file.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    allowed = list(extra_globals) + (_placeholders(path, extra_globals) if placeholders else [])
     try:
-        with torch.serialization.safe_globals(list(extra_globals)):
+        with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     # Legacy-format (non-zip) garbage fails deep inside the unpickler with struct.error,
     # UnicodeDecodeError, KeyError, ...: any failure here means "not a usable file".
     except Exception as err:  # noqa: BLE001
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-        unsafe = [line for line in lines if "Unsupported global" in line]
+        unsafe = [line for line in lines if "Unsupported global" in line or "is blocked" in line]
         if unsafe:
             raise CheckpointError(
                 f"{path}: contains objects that are not allowed in a safe (weights_only) load "
@@ -143,6 +182,9 @@ def build_model(model_class: str, config: dict[str, Any], where: str = "checkpoi
 
 def load_state_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], where: str) -> None:
     """``load_state_dict`` that reports missing, unexpected and mis-shaped keys in one error."""
+    not_tensors = sorted(k for k, v in state_dict.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise CheckpointError(f"{where}: weights that are not tensors ({len(not_tensors)}): {not_tensors[:20]}")
     own = model.state_dict()
     missing = sorted(set(own) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(own))

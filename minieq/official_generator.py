@@ -62,7 +62,7 @@ def load_official_generator(path_or_ckpt: str | os.PathLike | dict, official_arg
     """
     where = "official generator checkpoint" if isinstance(path_or_ckpt, dict) else str(path_or_ckpt)
     ckpt = path_or_ckpt if isinstance(path_or_ckpt, dict) else \
-        safe_torch_load(path_or_ckpt, extra_globals=(argparse.Namespace,))
+        safe_torch_load(path_or_ckpt, extra_globals=(argparse.Namespace,), placeholders=True)
     if not isinstance(ckpt, dict) or not ({"model", "model_ema"} & set(ckpt)):
         keys = sorted(ckpt)[:10] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(f"{where}: expected an official generator checkpoint with 'model' / "

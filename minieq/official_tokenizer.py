@@ -70,7 +70,8 @@ def load_official_tokenizer(path_or_ckpt: str | os.PathLike | dict[str, Any],
     where = "checkpoint dict"
     if isinstance(path_or_ckpt, (str, os.PathLike)):
         where = str(path_or_ckpt)
-        path_or_ckpt = safe_torch_load(path_or_ckpt)  # weights_only: the file holds tensors only
+        # Lightning's training extras (callbacks, hyper-parameters) load as inert placeholders.
+        path_or_ckpt = safe_torch_load(path_or_ckpt, placeholders=True)
     if not isinstance(path_or_ckpt, dict):
         raise CheckpointError(f"{where}: expected a dict, got {type(path_or_ckpt).__name__}")
     state = path_or_ckpt.get("state_dict", path_or_ckpt)

@@ -45,14 +45,15 @@ def _live_twin(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v + 1.0 if v.is_floating_point() else v for k, v in state.items()}
 
 
-def write_official_tokenizer(tokenizer: ColumnTokenizer, path: Path) -> Path:
-    """``tokenizer``'s weights as the EMA weights of an official Lightning checkpoint."""
+def write_official_tokenizer(tokenizer: ColumnTokenizer, path: Path, **extras) -> Path:
+    """``tokenizer``'s weights as the EMA weights of an official Lightning checkpoint; ``extras``
+    are further top-level entries (a real Lightning file has callbacks, loops, ...)."""
     ema = tokenizer.state_dict()
     state = dict(_live_twin(ema))
     for name, value in ema.items():
         module, _, rest = name.partition(".")  # encoder.down.0.block... -> ema_encoder.down0block...
         state[f"ema_{module}.{rest.replace('.', '')}"] = value
-    torch.save({"state_dict": state, "epoch": 0, "global_step": 0}, path)
+    torch.save({"state_dict": state, "epoch": 0, "global_step": 0, **extras}, path)
     return path
 
 

@@ -1,13 +1,17 @@
 """python -m minieq.convert_official on official-format files (the parity fixtures): the converted
 minieq checkpoints compute what the official loaders give, and sample from the command line."""
 import json
+import os
+from pathlib import PurePosixPath
 
+import numpy as np
 import pytest
 import torch
 
 from minieq import Pipeline, convert_official, load_checkpoint, load_official_generator, load_official_tokenizer
 from minieq import sample
-from minieq.checkpoint import read_checkpoint
+from minieq.checkpoint import CheckpointError, read_checkpoint
+from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 
 
 def golden_files(parity_dir):
@@ -91,3 +95,56 @@ def test_the_converter_runs_on_official_format_files_without_the_fixtures(tmp_pa
     write_release(tmp_path / "unconverted")  # official files only: the converter has not run there
     with pytest.raises(FileNotFoundError, match="unconverted/tokenizer.pt not found: convert the release first"):
         course.official_pipeline(tmp_path / "unconverted")
+
+
+class TrainingExtra:
+    """Stands for a class of the official training code inside a checkpoint: a load must not run it."""
+    ran = False
+
+    def __setstate__(self, state):
+        TrainingExtra.ran = True
+        self.__dict__.update(state)
+
+
+class RunsACommand:
+    """An object whose unpickling would run a shell command."""
+
+    def __init__(self, mark):
+        self.mark = mark
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.mark}",)
+
+
+def test_official_files_with_training_extras_load_without_running_them(tmp_path):
+    from official_format import TOKENIZER_PARAMS, write_official_tokenizer
+
+    torch.manual_seed(0)
+    tok = ColumnTokenizer(TokenizerConfig.from_official(TOKENIZER_PARAMS)).eval()
+    extra = TrainingExtra()
+    extra.settings = {"lr": 1e-4}
+    # What a Lightning file may hold besides the weights, and the official code loads with
+    # weights_only=False: callback states with paths and numpy scalars, pickled config objects.
+    extras = dict(callbacks={"ModelCheckpoint": {"dirpath": PurePosixPath("/logs"), "best": np.float64(0.5)}},
+                  hyper_parameters=extra)
+    path = write_official_tokenizer(tok, tmp_path / "tokenizer.ckpt", **extras)
+    TrainingExtra.ran = False
+    loaded = load_official_tokenizer(path, TOKENIZER_PARAMS)
+    assert not TrainingExtra.ran  # the placeholder took its state, the class's code never ran
+    x = torch.rand(1, 3, 256, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(x), tok.encode(x))
+
+    # A placeholder where a weight should be is refused in one line.
+    state = torch.load(path, weights_only=False)
+    state["state_dict"]["ema_quant_layer.weight"] = TrainingExtra()
+    torch.save(state, tmp_path / "odd.ckpt")
+    with pytest.raises(CheckpointError, match=r"weights that are not tensors \(1\): \['quant_layer.weight'\]"):
+        load_official_tokenizer(tmp_path / "odd.ckpt", TOKENIZER_PARAMS)
+
+    # Globals of os / sys are refused outright, and nothing runs.
+    mark = tmp_path / "ran"
+    bad = write_official_tokenizer(tok, tmp_path / "bad.ckpt", callbacks=RunsACommand(mark))
+    with pytest.raises(CheckpointError, match="not allowed in a safe .weights_only. load.*is blocked"):
+        load_official_tokenizer(bad, TOKENIZER_PARAMS)
+    assert not mark.exists()
