@@ -124,8 +124,9 @@ def test_official_files_with_training_extras_load_without_running_them(tmp_path)
     extra = TrainingExtra()
     extra.settings = {"lr": 1e-4}
     # What a Lightning file may hold besides the weights, and the official code loads with
-    # weights_only=False: callback states with paths and numpy scalars, pickled config objects.
-    extras = dict(callbacks={"ModelCheckpoint": {"dirpath": PurePosixPath("/logs"), "best": np.float64(0.5)}},
+    # weights_only=False: callback states keyed by the callback class (Lightning 1.4, the official
+    # version) with paths and numpy scalars, pickled config objects.
+    extras = dict(callbacks={TrainingExtra: {"dirpath": PurePosixPath("/logs"), "best": np.float64(0.5)}},
                   hyper_parameters=extra)
     path = write_official_tokenizer(tok, tmp_path / "tokenizer.ckpt", **extras)
     TrainingExtra.ran = False
