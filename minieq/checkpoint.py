@@ -208,8 +208,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     since EMA weights are what inference uses throughout the paper. ``expect``: as in
     :func:`read_checkpoint`.
     """
-    ckpt = read_checkpoint(path, expect=expect)
-    model = build_model(ckpt["model_class"], ckpt["config"], where=str(path))
+    return model_from_checkpoint(read_checkpoint(path, expect=expect), str(path), map_location, use_ema)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], where: str = "checkpoint",
+                          map_location: str | torch.device = "cpu", use_ema: bool = True) -> nn.Module:
+    """The model of a checkpoint dict already read by :func:`read_checkpoint`, as
+    :func:`load_checkpoint` builds it: for callers that also need the dict's other entries
+    (latent scale, class names), so a large file is read once."""
+    model = build_model(ckpt["model_class"], ckpt["config"], where=where)
     state = ckpt.get("ema_state_dict") if use_ema and ckpt.get("ema_state_dict") else ckpt["state_dict"]
-    load_state_strict(model, state, where=str(path))
+    load_state_strict(model, state, where=where)
     return model.to(map_location).eval()

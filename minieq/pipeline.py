@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint
+from minieq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint
 from minieq.config import token_columns
 from minieq.flow import SamplingOptions
 from minieq.generator_data import TRAIN_TOKENS
@@ -61,7 +61,7 @@ class Pipeline:
                 f"{generator_path}: no 'latent_scale' entry (not written by minieq.train_generator?)")
         tokenizer = load_checkpoint(tokenizer_path, map_location=device, use_ema=use_ema,
                                     expect="ColumnTokenizer")
-        generator = load_checkpoint(generator_path, map_location=device, use_ema=use_ema)
+        generator = model_from_checkpoint(ckpt, str(generator_path), map_location=device, use_ema=use_ema)
         return cls(tokenizer, generator, float(ckpt["latent_scale"]),
                    train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS), class_names=ckpt.get("class_names"))
 

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from minieq.cache_latents import cache_latents
-from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 from minieq.cli import parser_for, user_errors
 from minieq.data import SynthScapes
 from minieq.evaluation import evaluate_tokenizer
@@ -93,8 +93,9 @@ def pretrained_generator(device: str | torch.device | None = None, few_step: boo
     """
     device = torch.device(device) if device is not None else pick_device()
     path = _shipped(GENERATOR_FILE)
-    scale = float(read_checkpoint(path)["latent_scale"])
-    generator = load_checkpoint(path, map_location=device).float().eval()
+    ckpt = read_checkpoint(path)
+    scale = float(ckpt["latent_scale"])
+    generator = model_from_checkpoint(ckpt, str(path), map_location=device).float().eval()
     if few_step:
         attach(generator, _shipped(FEW_STEP_FILE))
     return generator, scale
@@ -117,7 +118,7 @@ def export(run_checkpoint: str | Path, out: str | Path, command: str, **extra) -
     train_config = ckpt.get("train_config")
     if train_config is None or "train_state" not in ckpt:
         raise CheckpointError(f"{run_checkpoint}: not a training checkpoint (no train_config/train_state)")
-    model = load_checkpoint(run_checkpoint).half()  # EMA weights, rounded as they will be shipped
+    model = model_from_checkpoint(ckpt, str(run_checkpoint)).half()  # EMA weights, rounded as they will be shipped
     config_class = TokenizerTrainConfig if ckpt["model_class"] == "ColumnTokenizer" else GeneratorTrainConfig
     train_config = config_class.from_dict(train_config).to_dict()  # today's field names
     meta = {"train_config": train_config, "step": int(ckpt["train_state"]["step"]), "command": command, **extra}
@@ -159,7 +160,7 @@ def _train_generator(out: Path, tokenizer_file: Path, steps: int | None) -> tupl
     tok_ckpt = read_checkpoint(tokenizer_file)
     data_recipe = {key: tok_ckpt["train_config"][key] for key in ("num_images", "image_width", "seed")}
     if not Path(cfg.latents).exists():
-        tok = load_checkpoint(tokenizer_file).float()
+        tok = model_from_checkpoint(tok_ckpt, str(tokenizer_file)).float()
         data = SynthScapes(data_recipe["num_images"], height=tok.config.image_height,
                            width=data_recipe["image_width"], seed=data_recipe["seed"], split="train")
         cache_latents(tok, data, cfg.latents, flips=True, batch_size=64)

@@ -24,6 +24,7 @@ import torch
 from minieq import convert_official
 from minieq.generator import Generator
 from minieq.official_generator import config_from_official_args
+from minieq.official_tokenizer import _ema_key
 from minieq.tokenizer import ColumnTokenizer, TokenizerConfig
 
 # The official YAML's model.params and model kwargs of a pair small enough for a CPU test:
@@ -50,9 +51,7 @@ def write_official_tokenizer(tokenizer: ColumnTokenizer, path: Path, **extras) -
     are further top-level entries (a real Lightning file has callbacks, loops, ...)."""
     ema = tokenizer.state_dict()
     state = dict(_live_twin(ema))
-    for name, value in ema.items():
-        module, _, rest = name.partition(".")  # encoder.down.0.block... -> ema_encoder.down0block...
-        state[f"ema_{module}.{rest.replace('.', '')}"] = value
+    state.update({_ema_key(name): value for name, value in ema.items()})  # ema_encoder.down0block...
     torch.save({"state_dict": state, "epoch": 0, "global_step": 0, **extras}, path)
     return path
 

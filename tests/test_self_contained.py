@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = "docs/official_code.md"
 
 # An absolute path on a particular machine: a home, work, scratch or temp folder (POSIX or Windows).
-# The look-behind skips the same words inside a URL or a longer path ("https://x.org/home/...").
+# The look-behind skips the same words inside a URL or a longer path (a web page under a "home" folder).
 # System paths that are the same everywhere (/dev/null, /usr/bin/time) and example data locations in
 # the training commands (/data/imagenet) are not machine-specific and are not matched.
 MACHINE_PATH = re.compile(
@@ -106,10 +106,10 @@ def test_machine_path_pattern():
     # The examples are assembled at run time, so that this file itself holds no machine path.
     root = "/"
     for bad in (f"{root}work/main/runs/course", f"see {root}home/me/x.pt", f"({root}tmp/abc)",
-                f"'{root}root/.cache/x'", "C:\\Users\\me\\x"):
+                f"'{root}root/.cache/x'", "C:\\" + "Users\\me\\x"):
         assert MACHINE_PATH.search(bad), bad
-    for fine in (f"2>{root}dev/null", f"{root}usr/bin/time", "https://example.org/home/page", f"--data_path {root}data/x",
-                 "runs/course/fast", "~/weights/vgg16.pth", "a/tmp/b"):
+    for fine in (f"2>{root}dev/null", f"{root}usr/bin/time", f"https://example.org{root}home/page", f"--data_path {root}data/x",
+                 "runs/course/fast", "~/weights/vgg16.pth", f"a{root}tmp/b"):
         assert not MACHINE_PATH.search(fine), fine
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from matplotlib.figure import Figure
 
-from minieq.checkpoint import load_checkpoint, read_checkpoint
+from minieq.checkpoint import model_from_checkpoint, read_checkpoint
 from minieq.evaluation import heldout_images
 from minieq.experiments import write_result
 from minieq.flow import SOLVERS, SamplingOptions, head_calls
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     torch.manual_seed(0)
-    gen = load_checkpoint(args.generator, map_location="cpu").float().eval()
     ckpt = read_checkpoint(args.generator)
+    gen = model_from_checkpoint(ckpt, str(args.generator)).float().eval()
     scale, step = float(ckpt["latent_scale"]), ckpt.get("step", ckpt.get("train_state", {}).get("step"))
     tok = pretrained_tokenizer("cpu")
     print(f"generator {args.generator} (step {step}), head {gen.config.head_depth}x{gen.config.head_width}, "

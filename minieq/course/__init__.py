@@ -35,7 +35,7 @@ import torch
 
 from minieq import pretrained
 from minieq.cache_latents import cache_latents
-from minieq.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
+from minieq.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, read_checkpoint, save_checkpoint
 from minieq.data import SynthScapes
 from minieq.generator_data import TRAIN_TOKENS
 from minieq.pipeline import Pipeline
@@ -317,5 +317,5 @@ def scratch_generator(tokenizer=None, latents_path: str | os.PathLike | None = N
         gen = load_checkpoint(work / "generator.pt")  # EMA weights
         save_checkpoint(path, gen, latent_scale=ckpt["latent_scale"], train_config=cfg.to_dict(),
                         train_tokens=ckpt.get("train_tokens", TRAIN_TOKENS))
-    scale = float(read_checkpoint(path)["latent_scale"])
-    return smoke_sampling(load_checkpoint(path, map_location=device)), scale
+    ckpt = read_checkpoint(path)
+    return smoke_sampling(model_from_checkpoint(ckpt, str(path), map_location=device)), float(ckpt["latent_scale"])
