@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,18 @@ for (let x = 0; x < c.width; x++) {
 return [right, c.width];
 """
 
+# What the page shows: the notebook toolbar's kernel state, each cell's prompt ("[ ]:" not run,
+# "[*]:" running, "[3]:" done) and the start of each output's text (an error, "Loading widget...").
+PAGE_STATE_JS = """
+const kernel = document.querySelector('.jp-Notebook-ExecutionIndicator');
+return {
+  kernel: kernel ? kernel.dataset.status : null,
+  prompts: [...document.querySelectorAll('.jp-Cell .jp-InputPrompt')].map(e => e.textContent.trim()),
+  outputs: [...document.querySelectorAll('.jp-OutputArea-output')].map(e => e.textContent.slice(0, 300)),
+  dialogs: [...document.querySelectorAll('.jp-Dialog')].map(e => e.textContent.slice(0, 300)),
+};
+"""
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage", "--window-size=1400,1000"]
@@ -91,7 +104,9 @@ def write_notebook(path: Path) -> None:
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}}))
 
 
-def wait_for(condition, timeout: float, what: str):
+def wait_for(condition, timeout: float, what: str, explain=None):
+    """Poll `condition` until it returns something truthy; on a timeout, the error carries what
+    `explain()` says about the page, so a failure in CI can be read without a screen."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -103,7 +118,8 @@ def wait_for(condition, timeout: float, what: str):
         if value:
             return value
         time.sleep(0.25)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}"
+                         + (f"\n{explain()}" if explain else ""))
 
 
 def server_up(url: str) -> bool:
@@ -120,7 +136,8 @@ def lab(tmp_path):
     chromedriver); skips before starting anything when the browser tools are missing."""
     chromium, driver_path = browser_tools()
     port, token = free_port(), "minieq-browser-test"
-    write_notebook(tmp_path / "strip.ipynb")
+    for name in ("strip.ipynb", "strip-again.ipynb"):  # a fresh notebook (and kernel) per attempt
+        write_notebook(tmp_path / name)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
            "OMP_NUM_THREADS": "1", "JUPYTERLAB_SETTINGS_DIR": str(tmp_path / "settings"),
            "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces"),
@@ -148,7 +165,9 @@ def lab(tmp_path):
         log.close()
 
 
-def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
+def drive_the_strip(lab, folder: Path, notebook: str) -> None:
+    """One user session: a fresh Chromium opens `notebook`, runs its cells, clicks "to the end"
+    and checks the picture; an AssertionError says which step failed and what the page showed."""
     base, token, chromium, driver_path = lab
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -156,14 +175,15 @@ def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
 
+    folder.mkdir(parents=True, exist_ok=True)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path / 'chromium'}"]:
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={folder / 'chromium'}"]:
         options.add_argument(flag)
     browser = webdriver.Chrome(service=Service(driver_path), options=options)
     try:
-        browser.get(f"{base}/lab/tree/strip.ipynb?token={token}")
-        # Run both cells as a user does: click into the first, Shift+Enter twice.
+        browser.get(f"{base}/lab/tree/{notebook}?token={token}")
+
         def click_first(css: str, text: str | None = None) -> bool:
             found = [e for e in browser.find_elements(By.CSS_SELECTOR, css)
                      if e.is_displayed() and (text is None or e.text == text)]
@@ -171,22 +191,66 @@ def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
                 found[0].click()
             return bool(found)
 
-        wait_for(lambda: click_first(".jp-Cell .cm-content"), 90, "the notebook to show")
-        for _ in NOTEBOOK_CODE:
-            ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
-            time.sleep(0.5)
-        full = TOKENS * COLUMN_WIDTH * ZOOM
-        start = wait_for(lambda: browser.execute_script(GENERATED_WIDTH_JS, BAR * ZOOM), 60, "the strip picture")
-        assert start == [2 * COLUMN_WIDTH * ZOOM, full]  # two columns drawn, the rest pending grey
+        def explain() -> str:
+            """The page as the test sees it: kernel state, cell prompts, outputs; a screenshot and
+            the server log beside it."""
+            try:
+                browser.save_screenshot(str(folder / "page.png"))
+                state = json.dumps(browser.execute_script(PAGE_STATE_JS))
+            except Exception as err:  # a crashed browser still gets the server's side told
+                state = f"unreadable ({type(err).__name__}: {err})"
+            log = (folder.parent / "lab.log").read_text()[-1500:]
+            return f"page: {state}\nscreenshot: {folder / 'page.png'}\nJupyterLab log tail:\n{log}"
 
-        wait_for(lambda: click_first("button", "to the end"), 10, "the 'to the end' button")
+        # The cells show before the kernel is connected: type only once the toolbar's kernel
+        # indicator says idle, as a user waits for the kernel to start.
+        wait_for(lambda: browser.execute_script(PAGE_STATE_JS)["kernel"] == "idle", 120,
+                 "the notebook's kernel to be idle", explain)
+
+        def prompts() -> list[str]:  # the notebook's cells (Shift+Enter on the last adds an empty one)
+            return browser.execute_script(PAGE_STATE_JS)["prompts"][:len(NOTEBOOK_CODE)]
+
+        # Run both cells as a user does: click into the first, Shift+Enter twice. JupyterLab marks
+        # a cell "[*]:" the moment it is queued; a keystroke lost to focus leaves a "[ ]:", and
+        # the pair gets one more try from the first cell (running a cell twice is harmless here).
+        for attempt in range(2):
+            wait_for(lambda: click_first(".jp-Cell .cm-content"), 30, "the first cell's editor", explain)
+            for _ in NOTEBOOK_CODE:
+                ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
+                time.sleep(0.5)
+            try:
+                wait_for(lambda: "[ ]:" not in prompts(), 15, "every cell to be queued")
+                break
+            except AssertionError:
+                if attempt:
+                    raise AssertionError("Shift+Enter did not queue every cell\n" + explain()) from None
+        wait_for(lambda: all(p.strip("[]: ").isdigit() for p in prompts()), 120, "both cells to run", explain)
+        full = TOKENS * COLUMN_WIDTH * ZOOM
+        start = wait_for(lambda: browser.execute_script(GENERATED_WIDTH_JS, BAR * ZOOM), 60, "the strip picture",
+                         explain)
+        assert start == [2 * COLUMN_WIDTH * ZOOM, full], explain()  # two columns drawn, the rest pending grey
+
+        wait_for(lambda: click_first("button", "to the end"), 10, "the 'to the end' button", explain)
         grown = wait_for(lambda: (browser.execute_script(GENERATED_WIDTH_JS, BAR * ZOOM) or [0])[0] == full,
-                         30, "the strip to grow to its full length")
+                         30, "the strip to grow to its full length", explain)
         assert grown
         assert wait_for(lambda: f"{TOKENS}/{TOKENS} columns" in [
-            e.text for e in browser.find_elements(By.CSS_SELECTOR, ".widget-label")], 10, "the status line")
+            e.text for e in browser.find_elements(By.CSS_SELECTOR, ".widget-label")], 10, "the status line", explain)
     finally:
         browser.quit()
+
+
+def test_to_the_end_grows_the_strip_to_full_length_in_a_browser(lab, tmp_path):
+    from selenium.common.exceptions import WebDriverException
+
+    try:
+        drive_the_strip(lab, tmp_path / "first", "strip.ipynb")
+    except (AssertionError, WebDriverException) as first:
+        # A browser end-to-end test can lose a run to the machine (a dropped event, a stalled
+        # page) that a user would fix with a reload. One more try, in a fresh Chromium on a fresh
+        # notebook and kernel, must then pass; the first failure stays visible as a warning.
+        warnings.warn(f"the first browser attempt failed, trying once more: {first}")
+        drive_the_strip(lab, tmp_path / "second", "strip-again.ipynb")
 
 
 @pytest.mark.parametrize("uid, flag", [("0", True), ("1000", False)])
