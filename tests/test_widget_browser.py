@@ -2,8 +2,10 @@
 
 A JupyterLab server on a free localhost port (token-protected, its own settings folders) serves
 a two-cell notebook that builds :class:`minieq.widgets.StripWidget` on a micro pipeline. Chromium
-opens it, runs its cells (Shift+Enter), clicks "to the end", and the test reads the picture
-back from the page: the generated part of the strip must grow to its full length. Without
+opens it, runs its cells (Shift+Enter, once the kernel is idle), clicks "to the end", and the
+test reads the picture back from the page: the generated part of the strip must grow to its full
+length. Every timeout reports what the page showed; a failed session gets one more try in a fresh
+Chromium on a fresh notebook, the first failure kept as a warning. Without
 Chromium, chromedriver or selenium the test skips and says which is missing (.ci/run installs
 Debian's chromium and chromium-driver when it runs as root).
 """
@@ -219,12 +221,14 @@ def drive_the_strip(lab, folder: Path, notebook: str) -> None:
                 ActionChains(browser).key_down(Keys.SHIFT).send_keys(Keys.ENTER).key_up(Keys.SHIFT).perform()
                 time.sleep(0.5)
             try:
-                wait_for(lambda: "[ ]:" not in prompts(), 15, "every cell to be queued")
+                wait_for(lambda: len(prompts()) == len(NOTEBOOK_CODE) and "[ ]:" not in prompts(), 15,
+                         "every cell to be queued")
                 break
             except AssertionError:
                 if attempt:
                     raise AssertionError("Shift+Enter did not queue every cell\n" + explain()) from None
-        wait_for(lambda: all(p.strip("[]: ").isdigit() for p in prompts()), 120, "both cells to run", explain)
+        ran = lambda shown: len(shown) == len(NOTEBOOK_CODE) and all(p.strip("[]: ").isdigit() for p in shown)
+        wait_for(lambda: ran(prompts()), 120, "both cells to run", explain)
         full = TOKENS * COLUMN_WIDTH * ZOOM
         start = wait_for(lambda: browser.execute_script(GENERATED_WIDTH_JS, BAR * ZOOM), 60, "the strip picture",
                          explain)
